@@ -1,0 +1,8 @@
+// N-API registration only.
+#include <napi.h>
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  return exports;
+}
+
+NODE_API_MODULE(ublk, Init)
