@@ -1,0 +1,54 @@
+// Entry point: dispatches to one command per file and turns failures into exit codes.
+import { CliError } from './errors';
+import { serve } from './serve';
+
+const USAGE = `usage: netdisk-ublk COMMAND [OPTIONS]
+commands:
+  serve IMAGE [--listen HOST:PORT] [--size SIZE] [--name EXPORT] [--read-only]
+  add --remote HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N] [--foreground] [--json]
+  del ID | --all
+  list [--json]
+Run "netdisk-ublk COMMAND --help" for a command's options.`;
+
+type Command = (argv: string[]) => Promise<number>;
+
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  serve: async () => serve,
+};
+
+export async function run(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(USAGE + '\n');
+    return name === undefined ? 2 : 0;
+  }
+  const load = COMMANDS[name];
+  if (!load) {
+    process.stderr.write(`netdisk-ublk: unknown command "${name}"\n${USAGE}\n`);
+    return 2;
+  }
+  try {
+    return await (await load())(rest);
+  } catch (err) {
+    if (err instanceof CliError) {
+      process.stderr.write(`netdisk-ublk ${err.message}\n`);
+      return err.exitCode;
+    }
+    process.stderr.write(`netdisk-ublk: ${(err as Error).stack ?? String(err)}\n`);
+    return 1;
+  }
+}
+
+export function main(argv: string[]): void {
+  // More libuv pool threads than the default 4: every store read and write runs there.
+  process.env.UV_THREADPOOL_SIZE ??= '16';
+  run(argv).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`netdisk-ublk: ${String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,22 @@
+// Logging: pino JSON lines on stderr by default (daemons, journald, CI), readable text
+// when stderr is a terminal. NETDISK_LOG_FORMAT=json|pretty and NETDISK_LOG_LEVEL override.
+import pino from 'pino';
+import pretty from 'pino-pretty';
+
+export type Logger = pino.Logger;
+
+export function createLogger(name: string, opts: { level?: string; format?: 'json' | 'pretty' } = {}): Logger {
+  const level = opts.level ?? process.env.NETDISK_LOG_LEVEL ?? 'info';
+  const envFormat = process.env.NETDISK_LOG_FORMAT;
+  const format = opts.format ?? (envFormat === 'json' || envFormat === 'pretty' ? envFormat : undefined)
+    ?? (process.stderr.isTTY ? 'pretty' : 'json');
+  if (format === 'pretty') {
+    // Synchronous on purpose: a daemon that dies should not lose its last lines.
+    const stream = pretty({ colorize: true, destination: 2, sync: true, ignore: 'pid,hostname' });
+    return pino({ name, level }, stream);
+  }
+  return pino({ name, level }, pino.destination({ dest: 2, sync: true }));
+}
+
+/** A logger that drops everything, for library use without a caller's logger. */
+export const silentLogger: Logger = pino({ level: 'silent' });

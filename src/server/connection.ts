@@ -1,0 +1,288 @@
+// One client connection of the NBD server: fixed-newstyle handshake, then transmission.
+// Bytes are parsed as they arrive (any split is fine); requests run concurrently against
+// the store and replies go out as each finishes, so they may leave out of order.
+// A malformed stream closes this connection only; a refused request gets an error reply.
+import { Duplex } from 'stream';
+import { Socket } from 'net';
+import * as C from '../nbd/constants';
+import * as codec from '../nbd/codec';
+import { ByteQueue } from '../nbd/byte-queue';
+import { Logger } from '../log';
+import { Store } from './store';
+import { toNbdErrno, validateRequest } from './validate';
+
+export interface Export {
+  name: string;
+  description?: string;
+  store: Store;
+}
+
+export interface ConnectionOptions {
+  /** Looks an export up by the name a client asked for ('' is the default export). */
+  lookup(name: string): Export | undefined;
+  list(): Export[];
+  log: Logger;
+  /** Requests in flight before the connection stops reading (back-pressure). */
+  maxInFlight?: number;
+}
+
+const enum State {
+  ClientFlags,
+  OptionHeader,
+  OptionData,
+  RequestHeader,
+  RequestPayload,
+  Closing,
+}
+
+const HANDSHAKE_FLAGS = C.FLAG_FIXED_NEWSTYLE | C.FLAG_NO_ZEROES;
+const KNOWN_CLIENT_FLAGS = C.FLAG_C_FIXED_NEWSTYLE | C.FLAG_C_NO_ZEROES;
+// Advertised in NBD_INFO_BLOCK_SIZE: the store works at byte granularity; 4 KiB is the page
+// size, so smaller writes cost a read-modify-write in the page cache.
+const MIN_BLOCK = 1;
+const PREFERRED_BLOCK = 4096;
+
+export function transmissionFlags(store: Store): number {
+  let f = C.TFLAG_HAS_FLAGS | C.TFLAG_SEND_FLUSH | C.TFLAG_CAN_MULTI_CONN;
+  if (store.readOnly) return f | C.TFLAG_READ_ONLY;
+  f |= C.TFLAG_SEND_FUA;
+  if (store.canTrim) f |= C.TFLAG_SEND_TRIM;
+  if (store.canZero) f |= C.TFLAG_SEND_WRITE_ZEROES;
+  return f;
+}
+
+export class ServerConnection {
+  private readonly q = new ByteQueue();
+  private state = State.ClientFlags;
+  private noZeroes = false;
+  private exp: Export | undefined;
+  private option: codec.OptionHeader | undefined;
+  private request: codec.RequestHeader | undefined;
+  private inFlight = 0;
+  private paused = false;
+  private draining = false;
+  private readonly maxInFlight: number;
+  private readonly log: Logger;
+  readonly closed: Promise<void>;
+
+  constructor(private readonly sock: Duplex, private readonly opts: ConnectionOptions) {
+    this.log = opts.log;
+    this.maxInFlight = opts.maxInFlight ?? 256;
+    this.closed = new Promise((resolve) => sock.once('close', () => resolve()));
+    sock.on('error', (err) => this.log.debug({ err }, 'socket error'));
+    sock.on('data', (chunk: Buffer) => {
+      this.q.push(chunk);
+      this.pump();
+    });
+    sock.on('end', () => {
+      if (this.state !== State.Closing) this.log.debug('client closed its side');
+      this.state = State.Closing;
+      this.endWhenIdle();
+    });
+    sock.write(codec.encodeGreeting(HANDSHAKE_FLAGS));
+  }
+
+  /** Server shutdown: no new requests, in-flight ones finish and are answered, then close. */
+  shutdown(): Promise<void> {
+    this.draining = true;
+    if (this.state !== State.RequestHeader && this.state !== State.RequestPayload) {
+      this.sock.destroy();
+    } else {
+      this.sock.pause();
+      this.paused = true;
+      this.state = State.Closing;
+      this.endWhenIdle();
+    }
+    return this.closed;
+  }
+
+  private pump(): void {
+    while (!this.paused) {
+      switch (this.state) {
+        case State.ClientFlags: {
+          if (this.q.length < 4) return;
+          const flags = this.q.take(4).readUInt32BE(0);
+          if ((flags & ~KNOWN_CLIENT_FLAGS) !== 0) return this.fail(`unknown client flags 0x${flags.toString(16)}`);
+          this.noZeroes = (flags & C.FLAG_C_NO_ZEROES) !== 0;
+          this.state = State.OptionHeader;
+          break;
+        }
+        case State.OptionHeader: {
+          if (this.q.length < codec.OPTION_HEADER_BYTES) return;
+          const h = codec.decodeOptionHeader(this.q.take(codec.OPTION_HEADER_BYTES));
+          if (h.magic !== C.IHAVEOPT) return this.fail('bad option magic');
+          if (h.length > C.MAX_OPTION_BYTES) return this.fail(`option ${h.option} claims ${h.length} bytes of data`);
+          this.option = h;
+          this.state = State.OptionData;
+          break;
+        }
+        case State.OptionData: {
+          const h = this.option as codec.OptionHeader;
+          if (this.q.length < h.length) return;
+          this.handleOption(h.option, this.q.take(h.length));
+          break;
+        }
+        case State.RequestHeader: {
+          if (this.q.length < C.REQUEST_HEADER_BYTES) return;
+          const h = codec.decodeRequestHeader(this.q.take(C.REQUEST_HEADER_BYTES));
+          if (h.magic !== C.REQUEST_MAGIC) return this.fail(`bad request magic 0x${h.magic.toString(16)}`);
+          if (h.type === C.Cmd.WRITE) {
+            // The payload must be read to stay in step even if the write is refused; one
+            // larger than the protocol's maximum is not worth buffering.
+            if (h.length > C.MAX_PAYLOAD_BYTES) return this.fail(`write of ${h.length} bytes exceeds the maximum payload`);
+            this.request = h;
+            this.state = State.RequestPayload;
+            break;
+          }
+          this.dispatch(h, null);
+          break;
+        }
+        case State.RequestPayload: {
+          const h = this.request as codec.RequestHeader;
+          if (this.q.length < h.length) return;
+          const payload = this.q.takeChunks(h.length);
+          this.request = undefined;
+          this.state = State.RequestHeader;
+          this.dispatch(h, payload);
+          break;
+        }
+        case State.Closing:
+          this.q.clear();
+          return;
+      }
+    }
+  }
+
+  private handleOption(option: number, data: Buffer): void {
+    this.state = State.OptionHeader;
+    switch (option) {
+      case C.Opt.EXPORT_NAME: {
+        const name = data.toString('utf8');
+        const exp = this.opts.lookup(name);
+        // No error reply exists for EXPORT_NAME: the spec says to disconnect.
+        if (!exp) return this.fail(`unknown export "${name}" requested with EXPORT_NAME`, 'info');
+        this.sock.write(codec.encodeExportNameReply(exp.store.size, transmissionFlags(exp.store), this.noZeroes));
+        return this.enterTransmission(exp);
+      }
+      case C.Opt.ABORT:
+        this.reply(option, C.REP_ACK);
+        this.state = State.Closing;
+        this.sock.end();
+        return;
+      case C.Opt.LIST:
+        if (data.length !== 0) return this.reply(option, C.REP_ERR_INVALID, 'LIST takes no data');
+        for (const e of this.opts.list()) this.reply(option, C.REP_SERVER, codec.encodeRepServer(e.name));
+        return this.reply(option, C.REP_ACK);
+      case C.Opt.INFO:
+      case C.Opt.GO: {
+        const go = codec.decodeGoData(data);
+        if (!go) return this.reply(option, C.REP_ERR_INVALID, 'malformed request');
+        const exp = this.opts.lookup(go.name);
+        if (!exp) return this.reply(option, C.REP_ERR_UNKNOWN, `unknown export "${go.name}"`);
+        this.reply(option, C.REP_INFO, codec.encodeInfoExport(exp.store.size, transmissionFlags(exp.store)));
+        if (go.infoRequests.includes(C.INFO_NAME)) this.reply(option, C.REP_INFO, codec.encodeInfoName(exp.name));
+        if (go.infoRequests.includes(C.INFO_BLOCK_SIZE)) {
+          this.reply(option, C.REP_INFO, codec.encodeInfoBlockSize(MIN_BLOCK, PREFERRED_BLOCK, C.MAX_PAYLOAD_BYTES));
+        }
+        this.reply(option, C.REP_ACK);
+        if (option === C.Opt.GO) this.enterTransmission(exp);
+        return;
+      }
+      default:
+        // STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers, anything unknown.
+        return this.reply(option, C.REP_ERR_UNSUP);
+    }
+  }
+
+  private reply(option: number, type: number, data?: Buffer | string): void {
+    const body = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    this.sock.write(codec.encodeOptionReply(option, type, body));
+  }
+
+  private enterTransmission(exp: Export): void {
+    this.exp = exp;
+    this.state = State.RequestHeader;
+    if (this.sock instanceof Socket) this.sock.setNoDelay(true);
+    this.log.debug({ export: exp.name }, 'transmission');
+  }
+
+  private dispatch(h: codec.RequestHeader, payload: Buffer[] | null): void {
+    const store = (this.exp as Export).store;
+    if (h.type === C.Cmd.DISC) {
+      this.state = State.Closing;
+      this.endWhenIdle();
+      return;
+    }
+    if (this.draining) return this.sendError(h, C.NBD_ESHUTDOWN);
+    const errno = validateRequest(h.type, h.flags, h.offset, h.length, {
+      size: store.size, readOnly: store.readOnly, canTrim: store.canTrim, canZero: store.canZero,
+      maxPayload: C.MAX_PAYLOAD_BYTES,
+    });
+    if (errno !== 0) return this.sendError(h, errno);
+    this.inFlight++;
+    if (this.inFlight >= this.maxInFlight && !this.paused) {
+      this.paused = true;
+      this.sock.pause();
+    }
+    const fua = (h.flags & C.CMD_FLAG_FUA) !== 0;
+    const done = (err: Error | null): void => this.finish(h, err, null);
+    switch (h.type) {
+      case C.Cmd.READ: {
+        const out = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES + h.length);
+        store.read(out, C.SIMPLE_REPLY_BYTES, h.length, h.offset, (err) => this.finish(h, err, out));
+        return;
+      }
+      case C.Cmd.WRITE:
+        return store.write(payload as Buffer[], h.offset, fua, done);
+      case C.Cmd.FLUSH:
+        return store.flush(done);
+      case C.Cmd.TRIM:
+        return store.trim(h.offset, h.length, fua, done);
+      case C.Cmd.WRITE_ZEROES:
+        return store.writeZeroes(h.offset, h.length, (h.flags & C.CMD_FLAG_NO_HOLE) !== 0, fua, done);
+    }
+  }
+
+  private finish(h: codec.RequestHeader, err: Error | null, readBuf: Buffer | null): void {
+    this.inFlight--;
+    if (err) {
+      this.log.warn({ err, cmd: C.CMD_NAMES[h.type], offset: h.offset, length: h.length }, 'store error');
+      this.sendError(h, toNbdErrno(err));
+    } else if (readBuf) {
+      codec.writeSimpleReplyHeader(readBuf, 0, 0, h.cookieHi, h.cookieLo);
+      this.send(readBuf);
+    } else {
+      const b = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
+      codec.writeSimpleReplyHeader(b, 0, 0, h.cookieHi, h.cookieLo);
+      this.send(b);
+    }
+    if (this.state === State.Closing) return this.endWhenIdle();
+    if (this.paused && this.inFlight < this.maxInFlight / 2) {
+      this.paused = false;
+      this.sock.resume();
+      this.pump();
+    }
+  }
+
+  private sendError(h: codec.RequestHeader, errno: number): void {
+    const b = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
+    codec.writeSimpleReplyHeader(b, 0, errno, h.cookieHi, h.cookieLo);
+    this.send(b);
+  }
+
+  private send(b: Buffer): void {
+    if (!this.sock.destroyed && !this.sock.writableEnded) this.sock.write(b);
+  }
+
+  private endWhenIdle(): void {
+    if (this.inFlight === 0 && !this.sock.writableEnded) this.sock.end();
+  }
+
+  private fail(reason: string, level: 'warn' | 'info' = 'warn'): void {
+    this.log[level]({ reason }, 'closing connection');
+    this.state = State.Closing;
+    this.paused = true;
+    this.q.clear();
+    this.sock.destroy();
+  }
+}

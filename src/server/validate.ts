@@ -1,0 +1,68 @@
+// Which requests the server refuses, and with which errno (proto.md "Error values",
+// "Request message requirements"). Pure: a refused request gets an error reply and the
+// connection goes on.
+import * as C from '../nbd/constants';
+
+export interface ExportLimits {
+  size: number;
+  readOnly: boolean;
+  canTrim: boolean;
+  canZero: boolean;
+  maxPayload: number;
+}
+
+const ALLOWED_FLAGS: Record<number, number> = {
+  [C.Cmd.READ]: 0,
+  [C.Cmd.WRITE]: C.CMD_FLAG_FUA,
+  [C.Cmd.FLUSH]: 0,
+  [C.Cmd.TRIM]: C.CMD_FLAG_FUA,
+  [C.Cmd.WRITE_ZEROES]: C.CMD_FLAG_FUA | C.CMD_FLAG_NO_HOLE,
+  [C.Cmd.DISC]: 0,
+};
+
+/** 0 when the request may run, else the NBD errno to reply with. */
+export function validateRequest(type: number, flags: number, offset: number, length: number, lim: ExportLimits): number {
+  const allowed = ALLOWED_FLAGS[type];
+  if (allowed === undefined) return C.NBD_EINVAL; // CACHE, BLOCK_STATUS, unknown: not advertised
+  if ((flags & ~allowed) !== 0) return C.NBD_EINVAL;
+  switch (type) {
+    case C.Cmd.READ:
+      if (length > lim.maxPayload) return C.NBD_EOVERFLOW;
+      return offset + length > lim.size ? C.NBD_EINVAL : 0;
+    case C.Cmd.FLUSH:
+      return offset !== 0 || length !== 0 ? C.NBD_EINVAL : 0;
+    case C.Cmd.WRITE:
+    case C.Cmd.TRIM:
+    case C.Cmd.WRITE_ZEROES:
+      if (lim.readOnly) return C.NBD_EPERM;
+      if (type === C.Cmd.TRIM && !lim.canTrim) return C.NBD_EINVAL;
+      if (type === C.Cmd.WRITE_ZEROES && !lim.canZero) return C.NBD_EINVAL;
+      if (type === C.Cmd.WRITE && length > lim.maxPayload) return C.NBD_EOVERFLOW;
+      return offset + length > lim.size ? C.NBD_ENOSPC : 0;
+    default:
+      return 0;
+  }
+}
+
+/** Narrows an fs error to the errnos NBD carries (proto.md: EDQUOT and EFBIG become ENOSPC). */
+export function toNbdErrno(err: Error): number {
+  switch ((err as NodeJS.ErrnoException).code) {
+    case 'EPERM':
+    case 'EACCES':
+    case 'EROFS':
+      return C.NBD_EPERM;
+    case 'ENOSPC':
+    case 'EDQUOT':
+    case 'EFBIG':
+      return C.NBD_ENOSPC;
+    case 'ENOMEM':
+      return C.NBD_ENOMEM;
+    case 'EINVAL':
+      return C.NBD_EINVAL;
+    case 'EOPNOTSUPP':
+    case 'ENOTSUP':
+      return C.NBD_ENOTSUP;
+    default:
+      return C.NBD_EIO;
+  }
+}
