@@ -88,12 +88,13 @@ fi
 
 # Read-write shares at their host paths, after the tmpfs mounts (a checkout under /tmp
 # must not be hidden by them). run.sh lists parents before children.
-# Shares are written by the job and read by the host only after the VM has stopped;
-# cache=mmap keeps mmap working while every write still goes straight to the host.
+# cache=loose (metadata and data cached, writeback) is safe because the host does not
+# touch the shares while the VM runs and reads them only after the final sync; it makes
+# node's module resolution (thousands of stats) about twice as fast as cache=mmap.
 while read -r tag path; do
 	[ -n "$tag" ] || continue
 	mkdir -p "$R$path" 2>/dev/null
-	mount -t 9p -o "$P9,cache=mmap" "$tag" "$R$path" || die "cannot mount share $path"
+	mount -t 9p -o "$P9,cache=loose" "$tag" "$R$path" || die "cannot mount share $path"
 done </ctl/shares
 
 mkdir -p "$R/run/netdisk-vm"

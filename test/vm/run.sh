@@ -45,6 +45,7 @@ timeout_s=${NETDISK_VM_TIMEOUT:-1800}
 mem=${NETDISK_VM_MEM:-2048}
 smp=${NETDISK_VM_SMP:-2}
 accel=${NETDISK_VM_ACCEL:-tcg}
+cpu=${NETDISK_VM_CPU:-max}
 cwd=$repo
 check_only=0
 
@@ -190,7 +191,7 @@ done
 console=$cache/console.log
 started=$(date +%s)
 timeout -k 10 "$timeout_s" qemu-system-x86_64 \
-	-machine "accel=$accel" -cpu max -smp "$smp" -m "$mem" \
+	-machine "accel=$accel" -cpu "$cpu" -smp "$smp" -m "$mem" \
 	-nographic -no-reboot -nic none \
 	-device virtio-rng-pci \
 	-kernel "$vmlinuz" -initrd "$initrd" \
