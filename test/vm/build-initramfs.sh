@@ -16,9 +16,10 @@ moddir=/lib/modules/$kver
 # Modules /init loads; their dependencies (modules.dep) and soft dependencies
 # (modules.softdep, e.g. ext4 wanting crc32c) are added by modprobe below.
 required=(9pnet_virtio 9p)
+# vfat mounts need nls_ascii too: the kernel default iocharset is "ascii".
 wanted=(
 	ublk_drv nbd loop
-	ext4 vfat fat nls_cp437 nls_iso8859-1 nls_utf8
+	ext4 vfat fat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8
 	crc16 crc32c_generic libcrc32c mbcache jbd2
 )
 

@@ -1,0 +1,106 @@
+// Smoke test of the qemu harness: one boot, checked against facts only the real kernel
+// and the shares can produce.
+import * as assert from 'assert';
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { repoRoot, runInVm, vmCheck, type VmResult } from '../helpers/vm';
+
+function facts(stdout: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const line of stdout.split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) m.set(line.slice(0, i), line.slice(i + 1));
+  }
+  return m;
+}
+
+describe('test/vm harness', function () {
+  // A boot takes ~7 s on an idle 2-core machine, but another VM may hold the lock.
+  this.timeout(20 * 60 * 1000);
+
+  let kernel = '';
+  let share = '';
+  let probe = '';
+  let result: VmResult;
+  let got: Map<string, string>;
+
+  before(async function () {
+    const check = vmCheck();
+    if (!check.ok) {
+      console.log(`      skipped: ${check.reason}`);
+      this.skip();
+    }
+    kernel = check.kernel;
+    share = fs.mkdtempSync(path.join(os.tmpdir(), 'netdisk-vm-share-'));
+    probe = `.vm/probe-${crypto.randomBytes(6).toString('hex')}`;
+    fs.mkdirSync(path.join(repoRoot(), '.vm'), { recursive: true });
+
+    // Each line is key=value; a failing probe prints nothing for its key.
+    const script = [
+      'echo "kernel=$(uname -r)"',
+      'echo "pwd=$(pwd)"',
+      'echo "in_vm=$NETDISK_IN_VM"',
+      'echo "custom=$CUSTOM_VAR"',
+      '[ -c /dev/ublk-control ] && echo ublk_control=yes',
+      '[ -b /dev/nbd0 ] && echo nbd0=yes',
+      `echo "node=$(node -e 'process.stdout.write(String(6 * 7))')"`,
+      `echo from-guest > ${probe} && echo repo_write=yes`,
+      `echo shared-ok > '${share}/from-guest.txt' && echo share_write=yes`,
+      'grep -qw ext4 /proc/filesystems && echo fs_ext4=yes',
+      'grep -qw vfat /proc/filesystems && echo fs_vfat=yes',
+      // A real mount through the loop driver exercises ext4/vfat beyond their registration.
+      'mkdir -p /tmp/m && truncate -s 32M /tmp/e.img && mkfs.ext4 -q -F /tmp/e.img &&' +
+        ' mount -o loop /tmp/e.img /tmp/m && echo x > /tmp/m/f && umount /tmp/m && echo ext4_mount=yes',
+      'truncate -s 32M /tmp/v.img && mkfs.vfat /tmp/v.img >/dev/null &&' +
+        ' mount -o loop /tmp/v.img /tmp/m && echo x > /tmp/m/f && umount /tmp/m && echo vfat_mount=yes',
+      'echo to-stderr >&2',
+      'exit 3',
+    ].join('\n');
+    result = await runInVm(script, { shares: [share], env: { CUSTOM_VAR: 'a b' } });
+    got = facts(result.stdout);
+  });
+
+  after(function () {
+    if (share) fs.rmSync(share, { recursive: true, force: true });
+    if (probe) fs.rmSync(path.join(repoRoot(), probe), { force: true });
+  });
+
+  it('propagates the exit code and both output streams', function () {
+    assert.strictEqual(result.code, 3, `stderr: ${result.stderr}`);
+    assert.match(result.stderr, /^to-stderr$/m);
+  });
+
+  it('boots the backports kernel, not the host one', function () {
+    assert.strictEqual(got.get('kernel'), kernel);
+    assert.notStrictEqual(got.get('kernel'), os.release());
+    assert.match(result.dmesg, new RegExp(`Linux version ${kernel.replace(/[.+]/g, '\\$&')}`));
+  });
+
+  it('has the ublk and nbd drivers', function () {
+    assert.strictEqual(got.get('ublk_control'), 'yes');
+    assert.strictEqual(got.get('nbd0'), 'yes');
+  });
+
+  it('runs node in the repository with the harness environment', function () {
+    assert.strictEqual(got.get('node'), '42');
+    assert.strictEqual(got.get('pwd'), repoRoot());
+    assert.strictEqual(got.get('in_vm'), '1');
+    assert.strictEqual(got.get('custom'), 'a b');
+  });
+
+  it('writes through to the repository and to --share directories', function () {
+    assert.strictEqual(got.get('repo_write'), 'yes');
+    assert.strictEqual(fs.readFileSync(path.join(repoRoot(), probe), 'utf8'), 'from-guest\n');
+    assert.strictEqual(got.get('share_write'), 'yes');
+    assert.strictEqual(fs.readFileSync(path.join(share, 'from-guest.txt'), 'utf8'), 'shared-ok\n');
+  });
+
+  it('has working ext4 and vfat', function () {
+    assert.strictEqual(got.get('fs_ext4'), 'yes');
+    assert.strictEqual(got.get('fs_vfat'), 'yes');
+    assert.strictEqual(got.get('ext4_mount'), 'yes', result.stderr);
+    assert.strictEqual(got.get('vfat_mount'), 'yes', result.stderr);
+  });
+});
