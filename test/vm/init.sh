@@ -104,12 +104,18 @@ mkdir -p "$R/run/netdisk-vm-home"
 hostname netdisk-vm
 ip link set lo up
 
+# The kernel log streamed as it is written, so a job that hangs the VM until the host's
+# timeout still leaves its kernel messages behind (run.sh converts this on timeout).
+cat /dev/kmsg >/ctl/kmsg 2>/dev/null &
+kmsg_pid=$!
+
 # env -i: nothing of the kernel's or this shell's environment leaks into the job; job.sh
 # sets everything the job sees.
 env -i /bin/chroot "$R" /bin/bash /run/netdisk-vm/job.sh \
 	</dev/null >/ctl/stdout 2>/ctl/stderr
 rc=$?
 
+kill "$kmsg_pid" 2>/dev/null
 dmesg >/ctl/dmesg 2>/dev/null
 # rc is written last: its presence tells the host that everything else is complete.
 echo "$rc" >/ctl/rc.tmp && mv /ctl/rc.tmp /ctl/rc

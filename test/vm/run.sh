@@ -195,7 +195,7 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 \
 	-nographic -no-reboot -nic none \
 	-device virtio-rng-pci \
 	-kernel "$vmlinuz" -initrd "$initrd" \
-	-append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4 mitigations=off" \
+	-append "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=5 mitigations=off" \
 	"${fsargs[@]}" \
 	</dev/null >"$console" 2>&1 &
 qpid=$!
@@ -206,12 +206,26 @@ elapsed=$(($(date +%s) - started))
 
 [ -f "$ctl/stdout" ] && cat "$ctl/stdout"
 [ -f "$ctl/stderr" ] && cat "$ctl/stderr" >&2
+# The final dmesg when the job ended normally, else what the streamed /dev/kmsg caught,
+# reformatted from its "prio,seq,usec,flags;text" records to dmesg's "[sec] text".
+if [ ! -f "$ctl/dmesg" ] && [ -f "$ctl/kmsg" ]; then
+	awk '/^[0-9]/ {
+		i = index($0, ";"); split(substr($0, 1, i - 1), h, ",")
+		printf "[%5d.%06d] %s\n", h[3] / 1000000, h[3] % 1000000, substr($0, i + 1)
+	}' "$ctl/kmsg" >"$ctl/dmesg"
+fi
 if [ -n "${NETDISK_VM_DMESG:-}" ] && [ -f "$ctl/dmesg" ]; then
 	cp "$ctl/dmesg" "$NETDISK_VM_DMESG" || echo "netdisk-vm: cannot write $NETDISK_VM_DMESG" >&2
 fi
+kernel_tail() {
+	[ -s "$ctl/dmesg" ] || return 0
+	echo "netdisk-vm: last kernel messages:" >&2
+	tail -n 15 "$ctl/dmesg" | sed 's/^/  | /' >&2
+}
 
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
 	echo "netdisk-vm: timed out after ${timeout_s}s; VM killed (console: $console)" >&2
+	kernel_tail
 	exit "$E_TIMEOUT"
 fi
 if [ -f "$ctl/init-error" ]; then
@@ -221,6 +235,7 @@ fi
 if [ ! -f "$ctl/rc" ]; then
 	echo "netdisk-vm: the VM stopped without reporting an exit code (qemu status $qrc, ${elapsed}s); last console lines from $console:" >&2
 	tail -n 30 "$console" | sed 's/^/  | /' >&2
+	kernel_tail
 	exit "$E_HARNESS"
 fi
 rc=$(cat "$ctl/rc")
