@@ -1,0 +1,499 @@
+// One ublk queue: the descriptor array mmapped from /dev/ublkcN, one buffer per
+// tag, one io_uring carrying FETCH_REQ/COMMIT_AND_FETCH_REQ, and the ring fd
+// polled by the libuv loop of the thread that created the queue.
+//
+// Kernel rules this file is shaped by (Documentation/block/ublk.rst, ublk_drv.c):
+// - The task that issues a queue's FETCH_REQs becomes the queue's daemon; every
+//   later command for the queue must come from that task (EINVAL otherwise). A
+//   Queue therefore lives and dies on one thread: it is created, started,
+//   committed and polled on the JS thread that constructed it, with no helper
+//   threads.
+// - Requests reach the daemon as io_uring task_work on that task, which copies
+//   WRITE data into the tag's buffer and posts the CQE. The ring is created
+//   without COOP_TASKRUN/DEFER_TASKRUN, so io_uring notifies with TWA_SIGNAL:
+//   a thread asleep in epoll_wait is woken, runs the task_work on its way back
+//   to user space, and the posted CQE makes the ring fd readable for libuv.
+//   (With COOP_TASKRUN the task_work would wait for the thread's next syscall.)
+// - Only UBLK_IO_RES_ABORT (-ENODEV) means a tag is finished; every other
+//   completion carries a request (0) or reports a refused command.
+#include "queue.h"
+
+#include <liburing.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "uapi/ublk_cmd.h"
+
+namespace ublk {
+namespace {
+
+// A mapping shared by the Queue and the ArrayBuffer over it; unmapped when both
+// have let go, so JS can never read unmapped memory through a stale Buffer.
+struct Region {
+  void* addr;
+  size_t len;
+  int refs;
+
+  void Release() {
+    if (--refs == 0) {
+      munmap(addr, len);
+      delete this;
+    }
+  }
+};
+
+void ReleaseRegion(Napi::Env, void*, Region* region) { region->Release(); }
+
+enum TagState : uint8_t {
+  kIdle,      // not yet fetched
+  kInKernel,  // a FETCH or COMMIT_AND_FETCH is outstanding
+  kOwned,     // a request was handed to JS and awaits its commit
+  kAborted,   // completed with UBLK_IO_RES_ABORT: the device is stopping
+  kFailed,    // the kernel refused the command; nothing is outstanding
+};
+
+class Queue;
+
+// The uv_poll_t outlives the Queue's interest in it: uv_close completes on a later
+// loop turn, and an environment being torn down (worker exit) has to wait for it,
+// hence the async cleanup hook, removed only once the handle is closed.
+struct PollHandle {
+  uv_poll_t handle;
+  Queue* queue;
+  napi_async_cleanup_hook_handle hook = nullptr;
+  bool closing = false;
+};
+
+size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+class Queue : public Napi::ObjectWrap<Queue> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Queue",
+                       {
+                           InstanceMethod<&Queue::Start>("start"),
+                           InstanceMethod<&Queue::Commit>("commit"),
+                           InstanceMethod<&Queue::Close>("close"),
+                       });
+  }
+
+  explicit Queue(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Queue>(info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsObject()) throw Napi::TypeError::New(env, "options must be an object");
+    Napi::Object opts = info[0].As<Napi::Object>();
+    qid_ = static_cast<uint16_t>(IntOption(opts, "qid", 0, 4095));
+    depth_ = IntOption(opts, "depth", 1, uapi::kMaxQueueDepth);
+    bufBytes_ = IntOption(opts, "bufBytes", 1, 32u << 20);
+    charFd_ = static_cast<int>(IntOption(opts, "charFd", 0, INT32_MAX));
+    Napi::Value encode = opts.Get("ioctlEncode");
+    if (!encode.IsBoolean()) throw Napi::TypeError::New(env, "options.ioctlEncode must be a boolean");
+    bool ioctlEncode = encode.As<Napi::Boolean>().Value();
+    fetchOp_ = ioctlEncode ? uapi::kIoFetchReqEncoded : uapi::kIoFetchReq;
+    commitOp_ = ioctlEncode ? uapi::kIoCommitAndFetchReqEncoded : uapi::kIoCommitAndFetchReq;
+
+    try {
+      Setup(env);
+    } catch (...) {
+      ReleaseKernel();
+      if (descs_ != nullptr) descs_->Release();
+      if (tags_ != nullptr) tags_->Release();
+      descs_ = tags_ = nullptr;
+      closed_ = true;
+      throw;
+    }
+  }
+
+  ~Queue() override {
+    // Reached by garbage collection of a queue never started or already closed,
+    // or at environment teardown. JS cannot run here, so the ArrayBuffers are
+    // not detached; their own finalizers release the memory.
+    if (poll_ != nullptr) poll_->queue = nullptr;
+    if (!closed_) {
+      closed_ = true;
+      ReleaseKernel();
+      if (descs_ != nullptr) descs_->Release();
+      if (tags_ != nullptr) tags_->Release();
+    }
+    // napi_async_destroy is not safe while the environment is being torn down.
+    if (envGone_) static_cast<void>(asyncContext_.release());
+  }
+
+ private:
+  static uint32_t IntOption(Napi::Object opts, const char* name, uint32_t min, uint32_t max) {
+    Napi::Value v = opts.Get(name);
+    if (!v.IsNumber()) throw Napi::TypeError::New(opts.Env(), std::string("options.") + name + " must be a number");
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= min && d <= max) || d != static_cast<double>(static_cast<uint32_t>(d)))
+      throw Napi::RangeError::New(opts.Env(), std::string("options.") + name + " out of range");
+    return static_cast<uint32_t>(d);
+  }
+
+  void Setup(Napi::Env env) {
+    const size_t page = PageSize();
+
+    // The descriptor array: read-only (the driver refuses writable mappings),
+    // exactly round_up(depth * 24, page) long, at this queue's slot of
+    // round_up(UBLK_MAX_QUEUE_DEPTH * 24, page) bytes.
+    size_t descLen = RoundUp(depth_ * sizeof(uapi::IoDesc), page);
+    off_t descOff = static_cast<off_t>(uapi::kCmdBufOffset +
+                                       qid_ * RoundUp(uapi::kMaxQueueDepth * sizeof(uapi::IoDesc), page));
+    void* d = mmap(nullptr, descLen, PROT_READ, MAP_SHARED | MAP_POPULATE, charFd_, descOff);
+    if (d == MAP_FAILED) throw ErrnoError(env, errno, "mmap /dev/ublkc");
+    descs_ = new Region{d, descLen, 1};
+
+    // Tag buffers, each page-aligned. In copy mode the kernel copies WRITE data
+    // in before the request's CQE and READ data out when the commit arrives.
+    stride_ = RoundUp(bufBytes_, page);
+    size_t tagLen = stride_ * depth_;
+    void* t = mmap(nullptr, tagLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (t == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
+    tags_ = new Region{t, tagLen, 1};
+
+    // SQ: one entry per tag is enough, as each tag has at most one command in
+    // flight. CQ defaults to twice that, so it cannot overflow. SUBMIT_ALL keeps
+    // one refused command from holding back the rest of a batch.
+    int rc = io_uring_queue_init(depth_, &ring_, IORING_SETUP_SUBMIT_ALL);
+    if (rc < 0) throw ErrnoError(env, -rc, "io_uring_setup");
+    ringUp_ = true;
+    // A registered file saves a file-table lookup and refcount per command.
+    rc = io_uring_register_files(&ring_, &charFd_, 1);
+    if (rc < 0) throw ErrnoError(env, -rc, "io_uring_register");
+
+    state_.assign(depth_, kIdle);
+    errTags_.assign(depth_, 0);
+    errResults_.assign(depth_, 0);
+
+    // ArrayBuffers over both regions; Buffer views made by Buffer.from share
+    // them, so close() detaching the two ArrayBuffers empties every view.
+    descs_->refs++;
+    Napi::ArrayBuffer descAb = Napi::ArrayBuffer::New(env, descs_->addr, descs_->len, ReleaseRegion, descs_);
+    descAb_ = Napi::Persistent(descAb);
+    tags_->refs++;
+    Napi::ArrayBuffer tagAb = Napi::ArrayBuffer::New(env, tags_->addr, tags_->len, ReleaseRegion, tags_);
+    tagAb_ = Napi::Persistent(tagAb);
+
+    Napi::Object bufferCtor = env.Global().Get("Buffer").As<Napi::Object>();
+    Napi::Function from = bufferCtor.Get("from").As<Napi::Function>();
+    Napi::Array buffers = Napi::Array::New(env, depth_);
+    for (uint32_t tag = 0; tag < depth_; tag++) {
+      buffers.Set(tag, from.Call(bufferCtor, {tagAb, Napi::Number::New(env, static_cast<double>(tag * stride_)),
+                                              Napi::Number::New(env, bufBytes_)}));
+    }
+    Napi::Object self = Value();
+    self.Set("buffers", buffers);
+    self.Set("descs", from.Call(bufferCtor, {descAb, Napi::Number::New(env, 0),
+                                             Napi::Number::New(env, depth_ * sizeof(uapi::IoDesc))}));
+  }
+
+  // start(onRequests, readyTags, onStopped, onError)
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) throw Napi::Error::New(env, "queue is closed");
+    if (started_) throw Napi::Error::New(env, "queue already started");
+    if (!info[0].IsFunction() || !info[2].IsFunction() || !info[3].IsFunction())
+      throw Napi::TypeError::New(env, "start(onRequests, readyTags, onStopped, onError): callbacks must be functions");
+    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array)
+      throw Napi::TypeError::New(env, "readyTags must be a Uint16Array");
+    Napi::Uint16Array ready = info[1].As<Napi::Uint16Array>();
+    if (ready.ElementLength() < depth_) throw Napi::RangeError::New(env, "readyTags must hold depth entries");
+
+    uv_loop_t* loop = nullptr;
+    NAPI_THROW_IF_FAILED(env, napi_get_uv_event_loop(env, &loop), Napi::Value());
+
+    for (uint32_t tag = 0; tag < depth_; tag++) {
+      if (!Prep(fetchOp_, static_cast<uint16_t>(tag), 0)) throw Napi::Error::New(env, "submission queue full");
+      state_[tag] = kInKernel;
+    }
+    int rc = Submit();
+    if (rc < 0) throw ErrnoError(env, -rc, "io_uring_enter");
+
+    auto poll = std::make_unique<PollHandle>();
+    poll->queue = this;
+    rc = uv_poll_init(loop, &poll->handle, ring_.ring_fd);
+    if (rc < 0) throw ErrnoError(env, -rc, "uv_poll_init");
+    poll->handle.data = poll.get();
+    rc = uv_poll_start(&poll->handle, UV_READABLE, OnPoll);
+    napi_status hooked = rc == 0 ? napi_add_async_cleanup_hook(env, OnEnvCleanup, poll.get(), &poll->hook) : napi_ok;
+    if (rc != 0 || hooked != napi_ok) {
+      PollHandle* p = poll.release();
+      p->queue = nullptr;
+      p->closing = true;
+      uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), OnHandleClosed);
+      if (rc != 0) throw ErrnoError(env, -rc, "uv_poll_start");
+      throw Napi::Error::New(env, "napi_add_async_cleanup_hook failed");
+    }
+    poll_ = poll.release();
+
+    onRequests_ = Napi::Persistent(info[0].As<Napi::Function>());
+    ready_ = Napi::Persistent(ready);
+    onStopped_ = Napi::Persistent(info[2].As<Napi::Function>());
+    onError_ = Napi::Persistent(info[3].As<Napi::Function>());
+    asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "ublk:queue", Value());
+    // While polling, the loop references the queue; keep the object alive.
+    Ref();
+    started_ = true;
+    return env.Undefined();
+  }
+
+  // commit(pairs, count): pairs[2i] = tag, pairs[2i+1] = result. One SQE per pair,
+  // one io_uring_enter for all of them.
+  Napi::Value Commit(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_ || !started_) throw Napi::Error::New(env, closed_ ? "queue is closed" : "queue not started");
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw Napi::TypeError::New(env, "pairs must be an Int32Array");
+    Napi::Int32Array pairs = info[0].As<Napi::Int32Array>();
+    if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "count must be a number");
+    int64_t count = info[1].As<Napi::Number>().Int64Value();
+    if (count < 0 || static_cast<size_t>(count) * 2 > pairs.ElementLength())
+      throw Napi::RangeError::New(env, "count exceeds pairs");
+
+    const int32_t* p = pairs.Data();
+    int64_t prepared = 0;
+    const char* problem = nullptr;
+    for (int64_t i = 0; i < count; i++) {
+      int32_t tag = p[2 * i];
+      if (tag < 0 || static_cast<uint32_t>(tag) >= depth_ || state_[tag] != kOwned) {
+        problem = "commit of a tag that holds no request";
+        break;
+      }
+      if (!Prep(commitOp_, static_cast<uint16_t>(tag), p[2 * i + 1])) {
+        problem = "submission queue full";
+        break;
+      }
+      state_[tag] = kInKernel;
+      prepared++;
+    }
+    if (prepared > 0) {
+      int rc = Submit();
+      if (rc < 0) throw ErrnoError(env, -rc, "io_uring_enter");
+    }
+    if (problem != nullptr) throw Napi::RangeError::New(env, problem);
+    return env.Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) return env.Undefined();
+    closed_ = true;
+    if (poll_ != nullptr) {
+      PollHandle* p = poll_;
+      poll_ = nullptr;
+      p->queue = nullptr;
+      if (!p->closing) {
+        p->closing = true;
+        uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), OnHandleClosed);
+      }
+    }
+    if (started_) Unref();
+    onRequests_.Reset();
+    onStopped_.Reset();
+    onError_.Reset();
+    ready_.Reset();
+    asyncContext_.reset();
+    // Detach first: from here on every Buffer view has length 0, so no JS read
+    // can reach the memory released below.
+    if (!descAb_.IsEmpty()) descAb_.Value().Detach();
+    if (!tagAb_.IsEmpty()) tagAb_.Value().Detach();
+    descAb_.Reset();
+    tagAb_.Reset();
+    ReleaseKernel();
+    descs_->Release();
+    tags_->Release();
+    descs_ = tags_ = nullptr;
+    return env.Undefined();
+  }
+
+  // Drops everything that holds /dev/ublkcN (the ring with its registered file
+  // and in-flight commands, the descriptor mapping): DEL_DEV waits for that.
+  // Runs without JS, from close(), the destructor or environment teardown.
+  void ReleaseKernel() {
+    if (ringUp_) {
+      io_uring_queue_exit(&ring_);
+      ringUp_ = false;
+    }
+    if (descs_ != nullptr && !descsUnlinked_) {
+      // Replace the mapping of /dev/ublkcN with anonymous zero pages at the same
+      // address: the file reference goes now, while a Buffer that could not be
+      // detached (no JS here) still points at readable memory.
+      void* r = mmap(descs_->addr, descs_->len, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (r == MAP_FAILED) {
+        // Cannot keep the address: give it up; the region is not unmapped again.
+        munmap(descs_->addr, descs_->len);
+        descs_->len = 0;
+      }
+      descsUnlinked_ = true;
+    }
+  }
+
+  bool Prep(uint32_t op, uint16_t tag, int32_t result) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) return false;
+    std::memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = 0;  // index in the registered files
+    sqe->flags = IOSQE_FIXED_FILE;
+    sqe->cmd_op = op;
+    sqe->user_data = tag;
+    uapi::IoCmd cmd{};
+    cmd.q_id = qid_;
+    cmd.tag = tag;
+    cmd.result = result;
+    cmd.addr = reinterpret_cast<uintptr_t>(tags_->addr) + tag * stride_;
+    std::memcpy(sqe->cmd, &cmd, sizeof cmd);
+    return true;
+  }
+
+  int Submit() {
+    int rc;
+    do {
+      rc = io_uring_submit(&ring_);
+    } while (rc == -EINTR);
+    return rc;
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int) {
+    auto* p = static_cast<PollHandle*>(handle->data);
+    if (p->queue != nullptr) p->queue->OnReadable(status);
+  }
+
+  static void OnHandleClosed(uv_handle_t* handle) {
+    auto* p = static_cast<PollHandle*>(handle->data);
+    if (p->hook != nullptr) napi_remove_async_cleanup_hook(p->hook);
+    delete p;
+  }
+
+  // The environment (a worker, or the main thread at exit) is going away while
+  // the queue is still open: release the kernel side, close the handle, and let
+  // the environment finish once it is closed.
+  static void OnEnvCleanup(napi_async_cleanup_hook_handle, void* arg) {
+    auto* p = static_cast<PollHandle*>(arg);
+    if (p->queue != nullptr) p->queue->OnEnvGone();
+    p->queue = nullptr;
+    if (!p->closing) {
+      p->closing = true;
+      uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), OnHandleClosed);
+    }
+  }
+
+  void OnEnvGone() {
+    envGone_ = true;
+    poll_ = nullptr;
+    ReleaseKernel();
+  }
+
+  // One wake-up: reap every CQE, then at most one call of each callback.
+  void OnReadable(int status) {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (status < 0) {
+      // The ring fd itself failed (not seen in practice): nothing more will
+      // arrive through it, so report once and stop polling.
+      uv_poll_stop(&poll_->handle);
+      Invoke(onError_, {Napi::Number::New(env, -1), Napi::Number::New(env, -status)});
+      return;
+    }
+    uint16_t* ready = ready_.Value().Data();
+    uint32_t nReady = 0, nErrors = 0;
+    unsigned head, seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      seen++;
+      uint64_t tag = cqe->user_data;
+      if (tag >= depth_ || state_[tag] != kInKernel) continue;
+      if (cqe->res == uapi::kIoResOk) {
+        state_[tag] = kOwned;
+        ready[nReady++] = static_cast<uint16_t>(tag);
+      } else if (cqe->res == uapi::kIoResAbort) {
+        state_[tag] = kAborted;
+        finished_++;
+      } else {
+        // A refused FETCH/COMMIT (EINVAL, EBUSY...) or NEED_GET_DATA, which we
+        // never negotiate: nothing is outstanding for this tag any more.
+        state_[tag] = kFailed;
+        finished_++;
+        errTags_[nErrors] = static_cast<uint16_t>(tag);
+        errResults_[nErrors++] = cqe->res;
+      }
+    }
+    io_uring_cq_advance(&ring_, seen);
+
+    bool finished = finished_ == depth_ && !stopped_;
+    if (finished) {
+      stopped_ = true;
+      uv_poll_stop(&poll_->handle);
+    }
+    // Each callback may close the queue; stop touching it once it has.
+    if (nReady > 0) {
+      Invoke(onRequests_, {Napi::Number::New(env, nReady)});
+      if (closed_) return;
+    }
+    for (uint32_t i = 0; i < nErrors; i++) {
+      Invoke(onError_, {Napi::Number::New(env, errTags_[i]), Napi::Number::New(env, -errResults_[i])});
+      if (closed_) return;
+    }
+    if (finished) Invoke(onStopped_, {});
+  }
+
+  void Invoke(Napi::FunctionReference& fn, const std::initializer_list<napi_value>& args) {
+    if (fn.IsEmpty()) return;
+    Napi::Env env = Env();
+    try {
+      // MakeCallback, not Call: entered from the event loop, this runs the
+      // microtask and nextTick queues afterwards, which is where queue.ts
+      // flushes the completions the handlers produced.
+      fn.MakeCallback(Value(), args, *asyncContext_);
+    } catch (const Napi::Error& e) {
+      // An exception thrown by the handler: report it like any uncaught one.
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  uint16_t qid_ = 0;
+  uint32_t depth_ = 0;
+  uint32_t bufBytes_ = 0;
+  size_t stride_ = 0;
+  int charFd_ = -1;
+  uint32_t fetchOp_ = 0;
+  uint32_t commitOp_ = 0;
+
+  io_uring ring_{};
+  bool ringUp_ = false;
+  Region* descs_ = nullptr;
+  Region* tags_ = nullptr;
+  bool descsUnlinked_ = false;
+  Napi::Reference<Napi::ArrayBuffer> descAb_;
+  Napi::Reference<Napi::ArrayBuffer> tagAb_;
+
+  // Sized once to depth, so the per-wake-up path allocates nothing.
+  std::vector<uint8_t> state_;
+  std::vector<uint16_t> errTags_;
+  std::vector<int32_t> errResults_;
+  uint32_t finished_ = 0;
+
+  PollHandle* poll_ = nullptr;
+  Napi::FunctionReference onRequests_;
+  Napi::FunctionReference onStopped_;
+  Napi::FunctionReference onError_;
+  Napi::Reference<Napi::Uint16Array> ready_;
+  std::unique_ptr<Napi::AsyncContext> asyncContext_;
+
+  bool started_ = false;
+  bool stopped_ = false;
+  bool closed_ = false;
+  bool envGone_ = false;
+};
+
+}  // namespace
+
+Napi::Function DefineQueue(Napi::Env env) { return Queue::Define(env); }
+
+}  // namespace ublk

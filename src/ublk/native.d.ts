@@ -1,0 +1,73 @@
+// The contract of the ublk addon (build/Release/ublk.node). native.ts is its only
+// loader and src/ublk its only importer; policy lives in TypeScript, the addon
+// only talks to the kernel.
+
+/** How the addon reports a failed system call or a command the kernel refused. */
+export interface NativeErrnoError extends Error {
+  /** Positive errno, e.g. 2 for ENOENT. */
+  errno: number;
+  /** errno name, e.g. 'ENOENT'. */
+  code: string;
+  /** What failed: 'open /dev/ublk-control', 'io_uring_setup', 'io_uring_cmd', 'mmap /dev/ublkc', ... */
+  syscall: string;
+}
+
+export interface NativeQueueOptions {
+  /** Queue id, 0 ... nr_hw_queues - 1. */
+  qid: number;
+  /** Tags in this queue (the device's queue_depth). */
+  depth: number;
+  /** Bytes of buffer per tag: the device's max_io_buf_bytes. */
+  bufBytes: number;
+  /** An fd of /dev/ublkcN. The device allows one opener, so all queues of a process share it. */
+  charFd: number;
+  /** Use the ioctl-encoded I/O opcodes (the device has UBLK_F_CMD_IOCTL_ENCODE). */
+  ioctlEncode: boolean;
+}
+
+/**
+ * One ublk queue. It must be created, started, committed and closed on one thread:
+ * the kernel accepts a queue's commands only from the task that fetched it.
+ */
+export interface NativeQueue {
+  /** One Buffer per tag over the tag's page-aligned memory; emptied (length 0) by close(). */
+  readonly buffers: Buffer[];
+  /** The queue's descriptor array, 24 bytes per tag, mapped read-only; emptied by close(). */
+  readonly descs: Buffer;
+  /**
+   * Issues FETCH_REQ for every tag and starts polling the ring on this thread's loop.
+   * On each wake-up all completions are reaped; the tags that now hold a request are
+   * written to readyTags[0 .. count) and onRequests(count) is called once. Refused
+   * commands are reported by onError(tag, errno) (tag -1: the ring fd itself failed).
+   * When every tag has been aborted by the kernel (device stopped) or refused,
+   * polling stops and onStopped() is called once.
+   */
+  start(
+    onRequests: (count: number) => void,
+    readyTags: Uint16Array,
+    onStopped: () => void,
+    onError: (tag: number, errno: number) => void,
+  ): void;
+  /**
+   * COMMIT_AND_FETCH_REQ for pairs[2i] = tag, pairs[2i+1] = result (bytes done, or
+   * -errno), i < count: one SQE each, one io_uring_enter for all. Throws RangeError for
+   * a tag that holds no request (the pairs before it are still submitted).
+   */
+  commit(pairs: Int32Array, count: number): void;
+  /** Stops polling, exits the ring, unmaps the descriptors, frees the buffers. Idempotent. */
+  close(): void;
+}
+
+export interface NativeQueueConstructor {
+  new (options: NativeQueueOptions): NativeQueue;
+}
+
+export interface UblkNative {
+  /**
+   * One control command on /dev/ublk-control, run on a thread of its own (START_DEV and
+   * DEL_DEV block). buf is copied in and, on success, the kernel's output copied back.
+   * Resolves with the completion's result (>= 0); rejects with a NativeErrnoError.
+   */
+  ctrlCommand(op: number, devId: number, queueId: number, data0: bigint, buf: Buffer | null): Promise<number>;
+  Queue: NativeQueueConstructor;
+}

@@ -1,0 +1,229 @@
+// One ublk queue as seen from TypeScript: request descriptors by tag, per-tag
+// buffers, and completions batched into one native commit per tick.
+//
+// A UblkQueue must stay on the thread that created it (the kernel takes a queue's
+// commands only from the task that fetched it); run one per worker_thread for
+// several queues in parallel.
+
+import * as fs from 'fs';
+import { IO_DESC_SIZE, SECTOR_SHIFT, UBLK_MAX_QUEUE_DEPTH, charDevPath } from './constants';
+import { UblkError, toUblkError } from './errors';
+import { loadNative, type NativeQueue, type UblkNative } from './native';
+
+export interface UblkQueueOptions {
+  devId: number;
+  qid: number;
+  /** The device's queue_depth. */
+  depth: number;
+  /** The device's max_io_buf_bytes: the buffer size of each tag. */
+  maxIoBufBytes: number;
+  /** From openCharDev(devId); shared by all queues of the process. */
+  charFd: number;
+  /** The device was added with UBLK_F_CMD_IOCTL_ENCODE. */
+  ioctlEncode: boolean;
+  native?: UblkNative;
+}
+
+export interface UblkQueueHandler {
+  /**
+   * A request arrived on `tag`: read it with op()/startSector()/nrSectors()/...,
+   * its data (WRITE) or destination (READ) is buffer(tag). Call complete(tag, result)
+   * exactly once, now or later.
+   */
+  request(tag: number): void;
+  /** Every tag was aborted by the kernel (STOP_DEV, or the device died): close() the queue. */
+  stopped?(): void;
+  /** The kernel refused a command for `tag` (or the ring failed: tag -1). The tag is lost. */
+  error?(err: UblkError, tag: number): void;
+}
+
+/** Opens /dev/ublkcN. The kernel allows one opener at a time (EBUSY otherwise): open it once per process. */
+export function openCharDev(devId: number): number {
+  try {
+    return fs.openSync(charDevPath(devId), fs.constants.O_RDWR);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw toUblkError(
+      { name: 'Error', message: e.message, errno: Math.abs(e.errno ?? 0), code: e.code ?? '', syscall: `open ${charDevPath(devId)}` },
+      { devId },
+    );
+  }
+}
+
+export function closeCharDev(fd: number): void {
+  fs.closeSync(fd);
+}
+
+export class UblkQueue {
+  readonly devId: number;
+  readonly qid: number;
+  readonly depth: number;
+  readonly bufBytes: number;
+  /** Tag buffers (length bufBytes each). Emptied by close(). */
+  readonly buffers: readonly Buffer[];
+
+  private readonly nq: NativeQueue;
+  // Descriptors as u32 words, 6 per tag: op_flags, nr_sectors, start_sector lo/hi,
+  // addr lo/hi. Read directly: no native call and no BigInt per request.
+  private readonly desc: Uint32Array;
+  private readonly ready: Uint16Array;
+  private readonly pairs: Int32Array;
+  // 1 while a tag's request is with JS, so a double or stray complete() is caught.
+  private readonly owned: Uint8Array;
+  private nPairs = 0;
+  private flushQueued = false;
+  private handler: UblkQueueHandler | undefined;
+  private state: 'new' | 'running' | 'stopped' | 'closed' = 'new';
+  private readonly flushBound = (): void => this.flush();
+
+  constructor(opts: UblkQueueOptions) {
+    if (!Number.isInteger(opts.depth) || opts.depth < 1 || opts.depth > UBLK_MAX_QUEUE_DEPTH)
+      throw new UblkError('UBLK_USAGE', `ublk queue: bad depth ${opts.depth}`);
+    this.devId = opts.devId;
+    this.qid = opts.qid;
+    this.depth = opts.depth;
+    this.bufBytes = opts.maxIoBufBytes;
+    const native = opts.native ?? loadNative();
+    try {
+      this.nq = new native.Queue({
+        qid: opts.qid,
+        depth: opts.depth,
+        bufBytes: opts.maxIoBufBytes,
+        charFd: opts.charFd,
+        ioctlEncode: opts.ioctlEncode,
+      });
+    } catch (err) {
+      throw toUblkError(err, { devId: opts.devId, qid: opts.qid });
+    }
+    this.buffers = this.nq.buffers;
+    const d = this.nq.descs;
+    this.desc = new Uint32Array(d.buffer, d.byteOffset, (opts.depth * IO_DESC_SIZE) >>> 2);
+    this.ready = new Uint16Array(opts.depth);
+    this.pairs = new Int32Array(opts.depth * 2);
+    this.owned = new Uint8Array(opts.depth);
+  }
+
+  /** Fetches every tag and starts serving on this thread's event loop. */
+  start(handler: UblkQueueHandler): void {
+    if (this.state !== 'new') throw new UblkError('UBLK_USAGE', `ublk queue ${this.qid}: start() in state ${this.state}`);
+    this.handler = handler;
+    try {
+      this.nq.start(
+        (count) => this.onRequests(count),
+        this.ready,
+        () => this.onStopped(),
+        (tag, errno) => this.onError(tag, errno),
+      );
+    } catch (err) {
+      throw toUblkError(err, { devId: this.devId, qid: this.qid });
+    }
+    this.state = 'running';
+  }
+
+  get running(): boolean {
+    return this.state === 'running';
+  }
+
+  // --- request descriptor, by tag (valid between request(tag) and complete(tag)) ---
+
+  /** op_flags as the kernel wrote it. */
+  opFlags(tag: number): number {
+    return this.desc[tag * 6] ?? 0;
+  }
+  /** UBLK_IO_OP_* */
+  op(tag: number): number {
+    return (this.desc[tag * 6] ?? 0) & 0xff;
+  }
+  /** UBLK_IO_F_* bits, at their op_flags positions (compare with UblkIoFlag). */
+  flags(tag: number): number {
+    return ((this.desc[tag * 6] ?? 0) & ~0xff) >>> 0;
+  }
+  nrSectors(tag: number): number {
+    return this.desc[tag * 6 + 1] ?? 0;
+  }
+  /** In 512-byte sectors; exact up to 2^53. */
+  startSector(tag: number): number {
+    return (this.desc[tag * 6 + 3] ?? 0) * 0x1_0000_0000 + (this.desc[tag * 6 + 2] ?? 0);
+  }
+  /** Byte offset on the device. */
+  offset(tag: number): number {
+    return this.startSector(tag) * (1 << SECTOR_SHIFT);
+  }
+  /** Byte length of the request. */
+  length(tag: number): number {
+    return (this.desc[tag * 6 + 1] ?? 0) * (1 << SECTOR_SHIFT);
+  }
+  /** The tag's whole buffer (bufBytes); the request uses its first length(tag) bytes. */
+  buffer(tag: number): Buffer {
+    const b = this.buffers[tag];
+    if (b === undefined) throw new UblkError('UBLK_USAGE', `ublk queue ${this.qid}: no tag ${tag}`);
+    return b;
+  }
+
+  /**
+   * Completes the request on `tag`: bytes done (READ/WRITE; a short count makes the
+   * kernel re-issue the rest), >= 0 for the other ops, or -errno. Completions made
+   * in the same tick are committed together, with one system call.
+   */
+  complete(tag: number, result: number): void {
+    if (this.owned[tag] !== 1)
+      throw new UblkError('UBLK_USAGE', `ublk queue ${this.qid}: complete(${tag}) without a request on that tag`);
+    this.owned[tag] = 0;
+    const i = this.nPairs++ * 2;
+    this.pairs[i] = tag;
+    this.pairs[i + 1] = result;
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(this.flushBound);
+    }
+  }
+
+  /** Stops serving and releases the ring, the mappings and the buffers. Idempotent. */
+  close(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.nPairs = 0;
+    this.owned.fill(0);
+    this.nq.close();
+  }
+
+  private flush(): void {
+    this.flushQueued = false;
+    const n = this.nPairs;
+    if (n === 0 || this.state === 'closed') return;
+    this.nPairs = 0;
+    try {
+      this.nq.commit(this.pairs, n);
+    } catch (err) {
+      this.handler?.error?.(toUblkError(err, { devId: this.devId, qid: this.qid }), -1);
+    }
+  }
+
+  private onRequests(count: number): void {
+    const h = this.handler;
+    if (h === undefined) return;
+    for (let i = 0; i < count; i++) {
+      const tag = this.ready[i] ?? 0;
+      this.owned[tag] = 1;
+    }
+    for (let i = 0; i < count; i++) {
+      h.request(this.ready[i] ?? 0);
+      if (this.state === 'closed') return;
+    }
+  }
+
+  private onStopped(): void {
+    if (this.state === 'running') this.state = 'stopped';
+    this.handler?.stopped?.();
+  }
+
+  private onError(tag: number, errno: number): void {
+    const err = toUblkError(
+      { name: 'Error', message: '', errno, code: '', syscall: tag < 0 ? 'poll io_uring' : 'io_uring_cmd' },
+      { devId: this.devId, qid: this.qid },
+    );
+    const h = this.handler?.error;
+    if (h !== undefined) h(err, tag);
+    else throw err;
+  }
+}
