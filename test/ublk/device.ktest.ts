@@ -93,6 +93,53 @@ function ioctlEncoded(info: DevInfo): boolean {
   return (info.flags & UblkFlag.CMD_IOCTL_ENCODE) !== 0n;
 }
 
+interface QueueWorker {
+  worker: Worker;
+  /** Resolves once the queue has fetched its tags. */
+  started: Promise<void>;
+  /** Resolves with the worker's counters once its queue saw every tag aborted. */
+  stopped: Promise<RamStats>;
+}
+
+/** Runs queue `qid` of the device in a worker_thread (ram-queue-worker.ts). */
+function queueWorker(info: DevInfo, qid: number, charFd: number, disk: SharedArrayBuffer, ioctlEncode = ioctlEncoded(info)): QueueWorker {
+  const worker = new Worker(path.join(__dirname, 'ram-queue-worker.js'), {
+    workerData: { devId: info.devId, qid, depth: info.queueDepth, maxIoBufBytes: info.maxIoBufBytes, charFd, ioctlEncode, disk },
+  });
+  // An error or an exit before the awaited message fails the wait; later ones are
+  // expected (stopped workers exit) and ignored.
+  const failed = new Promise<never>((_, reject) => {
+    worker.once('error', reject);
+    worker.once('exit', (code) => reject(new Error(`queue worker ${qid} exited with ${code}`)));
+  });
+  failed.catch(() => undefined);
+  const started = Promise.race([
+    new Promise<void>((resolve) => worker.on('message', (m: { type: string }) => m.type === 'started' && resolve())),
+    failed,
+  ]);
+  const stopped = Promise.race([
+    new Promise<RamStats>((resolve) =>
+      worker.on('message', (m: { type: string; stats: RamStats }) => m.type === 'stopped' && resolve(m.stats)),
+    ),
+    failed,
+  ]);
+  started.catch(() => undefined);
+  stopped.catch(() => undefined);
+  return { worker, started, stopped };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls GET_DEV_INFO until the device reaches `state`. */
+async function waitForState(ctrl: UblkCtrl, devId: number, state: number): Promise<DevInfo> {
+  for (let i = 0; ; i++) {
+    const info = await ctrl.getDevInfo(devId);
+    if (info.state === state) return info;
+    if (i > 600) throw new Error(`device ${devId} stuck in state ${info.state}, waiting for ${state}`);
+    await sleep(50);
+  }
+}
+
 describe('ublk device (real kernel)', function () {
   this.timeout(900_000);
 
@@ -258,68 +305,102 @@ describe('ublk device (real kernel)', function () {
     const info = await ctrl.addDev({ queues: 2, depth: 16, maxIoBufBytes: MAX_IO });
     const devId = info.devId;
     const fd = openCharDev(devId);
-    const workers: Worker[] = [];
+    const workers: QueueWorker[] = [];
     try {
       await ctrl.setParams(devId, params(DISK_BYTES, MAX_IO));
       const shared = new SharedArrayBuffer(DISK_BYTES);
-      const stoppedAll: Array<Promise<RamStats>> = [];
-      const startedAll: Array<Promise<void>> = [];
-      for (let qid = 0; qid < info.nrHwQueues; qid++) {
-        const w = new Worker(path.join(__dirname, 'ram-queue-worker.js'), {
-          workerData: {
-            devId,
-            qid,
-            depth: info.queueDepth,
-            maxIoBufBytes: info.maxIoBufBytes,
-            charFd: fd,
-            ioctlEncode: ioctlEncoded(info),
-            disk: shared,
-          },
-        });
-        workers.push(w);
-        const failed = new Promise<never>((_, reject) => {
-          w.once('error', reject);
-          w.once('exit', (code) => reject(new Error(`worker ${qid} exited with ${code}`)));
-        });
-        startedAll.push(
-          Promise.race([
-            new Promise<void>((resolve) => w.on('message', (m: { type: string }) => m.type === 'started' && resolve())),
-            failed,
-          ]),
-        );
-        stoppedAll.push(
-          Promise.race([
-            new Promise<RamStats>((resolve) =>
-              w.on('message', (m: { type: string; stats: RamStats }) => m.type === 'stopped' && resolve(m.stats)),
-            ),
-            failed,
-          ]),
-        );
-      }
-      await Promise.all(startedAll);
+      // Queue 1 uses the legacy I/O opcodes, which 6.12 still accepts
+      // (CONFIG_BLKDEV_UBLK_LEGACY_OPCODES=y), queue 0 the encoded ones.
+      for (let qid = 0; qid < info.nrHwQueues; qid++) workers.push(queueWorker(info, qid, fd, shared, qid === 0));
+      await Promise.all(workers.map((w) => w.started));
       await ctrl.startDev(devId);
 
       const dev = blockDevPath(devId);
       const pattern = randomBytes(8 * MiB);
-      // Two writers at once, so blk-mq has a chance to use both hardware queues.
+      // One writer per CPU: blk-mq maps each CPU to a hardware queue.
+      const half = 4 * MiB;
       await Promise.all([
-        ok('taskset', ['-c', '0', 'dd', `of=${dev}`, 'bs=1M', 'seek=0', 'iflag=fullblock', 'oflag=direct', 'status=none'], pattern.subarray(0, 4 * MiB)),
-        ok('taskset', ['-c', String(info.nrHwQueues - 1), 'dd', `of=${dev}`, 'bs=1M', 'seek=4', 'iflag=fullblock', 'oflag=direct', 'status=none'], pattern.subarray(4 * MiB)),
+        ok('taskset', ['-c', '0', 'dd', `of=${dev}`, 'bs=1M', 'seek=0', 'iflag=fullblock', 'oflag=direct', 'status=none'], pattern.subarray(0, half)),
+        ok('taskset', ['-c', String(info.nrHwQueues - 1), 'dd', `of=${dev}`, 'bs=1M', 'seek=4', 'iflag=fullblock', 'oflag=direct', 'status=none'], pattern.subarray(half)),
       ]);
       const back = await ok('dd', [`if=${dev}`, 'bs=1M', 'count=8', 'iflag=direct', 'status=none']);
       assert.ok(back.equals(pattern), 'read back what was written');
       assert.ok(Buffer.from(shared, 0, 8 * MiB).equals(pattern));
 
       await ctrl.stopDev(devId);
-      const stats = await Promise.all(stoppedAll);
-      const writes = stats.map((s) => s.writes);
+      const stats = await Promise.all(workers.map((w) => w.stopped));
+      const writes = stats.map((st) => st.writes);
       console.log(`      ${info.nrHwQueues} queues; writes per queue: ${writes.join(', ')}`);
       assert.ok(writes.reduce((a, b) => a + b, 0) >= 32);
-      await Promise.all(workers.map((w) => new Promise((resolve) => w.once('exit', resolve))));
+      if (info.nrHwQueues > 1) assert.ok(writes.every((n) => n > 0), 'every queue served writes');
+      await Promise.all(workers.map((w) => new Promise((resolve) => w.worker.once('exit', resolve))));
     } finally {
-      await Promise.all(workers.map((w) => w.terminate()));
+      await Promise.all(workers.map((w) => w.worker.terminate()));
       await ctrl.stopDev(devId).catch(() => undefined);
       closeCharDev(fd);
+      await ctrl.delDev(devId);
+    }
+    assert.ok(!fs.existsSync(charDevPath(devId)));
+  });
+
+  it('recovers a USER_RECOVERY device after its queue thread died', async () => {
+    const info = await ctrl.addDev({ queues: 1, depth: 16, maxIoBufBytes: MAX_IO, flags: UblkFlag.USER_RECOVERY });
+    const devId = info.devId;
+    assert.ok((info.flags & UblkFlag.USER_RECOVERY) !== 0n);
+    const dev = blockDevPath(devId);
+    const shared = new SharedArrayBuffer(DISK_BYTES);
+    let fd = openCharDev(devId);
+    let w: QueueWorker | undefined;
+    try {
+      await ctrl.setParams(devId, params(DISK_BYTES, MAX_IO));
+      w = queueWorker(info, 0, fd, shared);
+      await w.started;
+      await ctrl.startDev(devId);
+      const first = randomBytes(2 * MiB);
+      await ok('dd', [`of=${dev}`, 'bs=1M', 'iflag=fullblock', 'oflag=direct', 'status=none'], first);
+
+      // The queue's thread goes away with its queue open and polling: the worker's
+      // environment teardown must close the ring (the addon's cleanup hook), and the
+      // kernel then quiesces the device instead of removing it.
+      await w.worker.terminate();
+      w = undefined;
+      await waitForState(ctrl, devId, UblkState.QUIESCED);
+      assert.ok(fs.existsSync(dev), `${dev} survives the dead server`);
+
+      // START_USER_RECOVERY needs /dev/ublkcN released by every holder: our fd and
+      // the ring, whose teardown finishes asynchronously.
+      closeCharDev(fd);
+      fd = -1;
+      for (let i = 0; ; i++) {
+        try {
+          await ctrl.startUserRecovery(devId);
+          break;
+        } catch (err) {
+          if (!(err instanceof UblkError && err.code === 'UBLK_BUSY') || i > 200) throw err;
+          await sleep(50);
+        }
+      }
+      fd = openCharDev(devId);
+      w = queueWorker(info, 0, fd, shared);
+      await w.started;
+      await ctrl.endUserRecovery(devId);
+      const live = await ctrl.getDevInfo(devId);
+      assert.strictEqual(live.state, UblkState.LIVE);
+      assert.strictEqual(live.ublksrvPid, process.pid);
+
+      const back = await ok('dd', [`if=${dev}`, 'bs=1M', 'count=2', 'iflag=direct', 'status=none']);
+      assert.ok(back.equals(first), 'the recovered device reads what was written before');
+      const second = randomBytes(MiB);
+      await ok('dd', [`of=${dev}`, 'bs=1M', 'seek=3', 'iflag=fullblock', 'oflag=direct', 'status=none'], second);
+      assert.ok(Buffer.from(shared, 3 * MiB, MiB).equals(second));
+
+      await ctrl.stopDev(devId);
+      await w.stopped;
+      await new Promise((resolve) => w?.worker.once('exit', resolve));
+    } finally {
+      if (w !== undefined) await w.worker.terminate();
+      await ctrl.stopDev(devId).catch(() => undefined);
+      if (fd >= 0) closeCharDev(fd);
       await ctrl.delDev(devId);
     }
     assert.ok(!fs.existsSync(charDevPath(devId)));
