@@ -298,13 +298,17 @@ class Queue : public Napi::ObjectWrap<Queue> {
     onStopped_.Reset();
     onError_.Reset();
     ready_.Reset();
-    asyncContext_.reset();
+    // close() from inside a callback: the context is still in use by the
+    // MakeCallback on the stack; Invoke drops it afterwards.
+    if (invoking_ == 0) asyncContext_.reset();
     // Detach first: from here on every Buffer view has length 0, so no JS read
     // can reach the memory released below.
-    if (!descAb_.IsEmpty()) descAb_.Value().Detach();
-    if (!tagAb_.IsEmpty()) tagAb_.Value().Detach();
-    descAb_.Reset();
-    tagAb_.Reset();
+    for (Napi::Reference<Napi::ArrayBuffer>* ref : {&descAb_, &tagAb_}) {
+      if (ref->IsEmpty()) continue;
+      Napi::ArrayBuffer ab = ref->Value();
+      if (!ab.IsDetached()) ab.Detach();
+      ref->Reset();
+    }
     ReleaseKernel();
     descs_->Release();
     tags_->Release();
@@ -446,6 +450,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
   void Invoke(Napi::FunctionReference& fn, const std::initializer_list<napi_value>& args) {
     if (fn.IsEmpty()) return;
     Napi::Env env = Env();
+    invoking_++;
     try {
       // MakeCallback, not Call: entered from the event loop, this runs the
       // microtask and nextTick queues afterwards, which is where queue.ts
@@ -455,6 +460,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
       // An exception thrown by the handler: report it like any uncaught one.
       napi_fatal_exception(env, e.Value());
     }
+    if (--invoking_ == 0 && closed_) asyncContext_.reset();
   }
 
   uint16_t qid_ = 0;
@@ -486,6 +492,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
   Napi::Reference<Napi::Uint16Array> ready_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;
 
+  int invoking_ = 0;
   bool started_ = false;
   bool stopped_ = false;
   bool closed_ = false;

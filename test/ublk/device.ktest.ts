@@ -233,6 +233,11 @@ describe('ublk device (real kernel)', function () {
       assert.strictEqual((await ok('blockdev', ['--getss', dev])).toString().trim(), '512');
       assert.strictEqual((await ok('blockdev', ['--getpbsz', dev])).toString().trim(), '4096');
 
+      // While dd runs, this thread sleeps in epoll_wait with nothing else to wake
+      // it (dd prints nothing and blocks on the device). Each request reaches us as
+      // io_uring task_work, which must wake the thread so the CQE gets posted and
+      // the ring fd turns readable; if it did not, dd would hang here.
+      //
       // 6 MiB of random data at 5 MiB, O_DIRECT in 1 MiB blocks: each block is
       // split into 256 KiB requests (max_sectors), several tags at once.
       const pattern = randomBytes(6 * MiB);
