@@ -1,0 +1,404 @@
+// A pipelined NBD client over one TCP connection: any number of requests in flight,
+// matched to replies by cookie (slot index in the low 32 bits, a generation in the high
+// 32 bits so a stale or forged reply cannot complete the wrong request). Requests issued
+// in one tick leave in one writev (the socket is corked until the next tick). Read replies
+// are copied from the socket's receive buffer straight into the caller's buffer.
+import { EventEmitter } from 'events';
+import * as net from 'net';
+import * as C from './constants';
+import * as codec from './codec';
+import { ByteQueue } from './byte-queue';
+import { NbdConnectionError, NbdError, NbdHandshakeError, NbdProtocolError, NbdRequestError } from './errors';
+
+export interface ConnectOptions {
+  host: string;
+  port: number;
+  /** Export name; '' is the server's default export. */
+  exportName?: string;
+  /** Connect plus handshake must finish within this (default 15 s). */
+  handshakeTimeoutMs?: number;
+}
+
+export interface ExportInfo {
+  name: string;
+  size: number;
+  flags: number;
+  minBlock: number;
+  preferredBlock: number;
+  maxPayload: number;
+}
+
+/** Completion of one request: err is null on success. */
+export type RequestCallback<T> = (err: NbdError | null, ctx: T) => void;
+
+interface Slot {
+  readonly idx: number;
+  gen: number;
+  busy: boolean;
+  type: number;
+  length: number;
+  into: Buffer | null;
+  intoOffset: number;
+  cb: RequestCallback<unknown> | null;
+  ctx: unknown;
+  readonly header: Buffer;
+}
+
+const RECV_BUFFER_BYTES = 256 * 1024;
+const MAX_OPTION_REPLY_BYTES = 64 * 1024;
+
+export class NbdClient extends EventEmitter {
+  readonly info: ExportInfo;
+  private readonly sock: net.Socket;
+  private readonly slots: Slot[] = [];
+  private readonly free: number[] = [];
+  private inFlight = 0;
+  private corked = false;
+  private dead: NbdConnectionError | null = null;
+  private closing: Promise<void> | null = null;
+  // Reply parser state.
+  private readonly hdr = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
+  private hdrGot = 0;
+  private payloadSlot: Slot | null = null;
+  private payloadGot = 0;
+
+  private constructor(sock: net.Socket, info: ExportInfo) {
+    super();
+    this.sock = sock;
+    this.info = info;
+    sock.on('error', (err) => this.kill(new NbdConnectionError(`connection error: ${err.message}`, { cause: err })));
+    sock.on('close', () => this.kill(new NbdConnectionError('connection closed by the server')));
+  }
+
+  get size(): number { return this.info.size; }
+  get readOnly(): boolean { return (this.info.flags & C.TFLAG_READ_ONLY) !== 0; }
+  get canFlush(): boolean { return (this.info.flags & C.TFLAG_SEND_FLUSH) !== 0; }
+  get canFua(): boolean { return (this.info.flags & C.TFLAG_SEND_FUA) !== 0; }
+  get canTrim(): boolean { return (this.info.flags & C.TFLAG_SEND_TRIM) !== 0; }
+  get canZero(): boolean { return (this.info.flags & C.TFLAG_SEND_WRITE_ZEROES) !== 0; }
+  get canMultiConn(): boolean { return (this.info.flags & C.TFLAG_CAN_MULTI_CONN) !== 0; }
+  get pending(): number { return this.inFlight; }
+  get closed(): boolean { return this.dead !== null; }
+
+  static connect(opts: ConnectOptions): Promise<NbdClient> {
+    const timeoutMs = opts.handshakeTimeoutMs ?? 15000;
+    const where = `${opts.host}:${opts.port}`;
+    return new Promise((resolve, reject) => {
+      const q = new ByteQueue();
+      let waiter: (() => void) | null = null;
+      let failure: NbdError | null = null;
+      let client: NbdClient | null = null;
+      const fail = (e: NbdError): void => {
+        failure ??= e;
+        const w = waiter;
+        waiter = null;
+        w?.();
+      };
+      const sock = net.connect({
+        host: opts.host,
+        port: opts.port,
+        noDelay: true,
+        onread: {
+          buffer: Buffer.allocUnsafe(RECV_BUFFER_BYTES),
+          callback: (n: number, buf: Uint8Array) => {
+            if (client) {
+              client.onBytes(buf as Buffer, n);
+            } else {
+              q.push(Buffer.from(buf.subarray(0, n))); // handshake only: copy is fine
+              const w = waiter;
+              waiter = null;
+              w?.();
+            }
+            return true;
+          },
+        },
+      });
+      const timer = setTimeout(() => {
+        fail(new NbdConnectionError(`no NBD handshake from ${where} within ${timeoutMs} ms`));
+        sock.destroy();
+      }, timeoutMs);
+      const onError = (err: NodeJS.ErrnoException): void => {
+        const what = err.code === 'ECONNREFUSED' ? 'connection refused'
+          : err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN' ? 'unknown host'
+            : err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH' ? 'host unreachable'
+              : err.message;
+        fail(new NbdConnectionError(`cannot connect to ${where}: ${what}`, { cause: err }));
+      };
+      const onClose = (): void => fail(new NbdHandshakeError(`${where} closed the connection during the NBD handshake`));
+      sock.on('error', onError);
+      sock.on('close', onClose);
+
+      const need = async (n: number): Promise<Buffer> => {
+        while (q.length < n) {
+          if (failure) throw failure;
+          await new Promise<void>((r) => { waiter = r; });
+        }
+        if (failure) throw failure;
+        return q.take(n);
+      };
+
+      handshake(sock, need, opts.exportName ?? '', where).then(
+        (info) => {
+          clearTimeout(timer);
+          if (q.length !== 0) throw new NbdProtocolError(`${where} sent ${q.length} unexpected bytes after the handshake`);
+          sock.off('error', onError);
+          sock.off('close', onClose);
+          client = new NbdClient(sock, info);
+          resolve(client);
+        },
+      ).catch((err: unknown) => {
+        clearTimeout(timer);
+        sock.destroy();
+        reject(failure ?? err);
+      });
+    });
+  }
+
+  /**
+   * Sends one request. For READ, `into` receives the data at `intoOffset`; for WRITE, `data`
+   * is sent as is (it must not change until the callback). The callback runs once.
+   */
+  submit<T>(type: number, flags: number, offset: number, length: number, data: Buffer | null,
+    into: Buffer | null, intoOffset: number, ctx: T, cb: RequestCallback<T>): void {
+    if (this.dead) {
+      const err = this.dead;
+      queueMicrotask(() => cb(err, ctx));
+      return;
+    }
+    if (this.closing) {
+      queueMicrotask(() => cb(new NbdConnectionError('client is closing'), ctx));
+      return;
+    }
+    let idx = this.free.pop();
+    if (idx === undefined) {
+      idx = this.slots.length;
+      this.slots.push({ idx, gen: 0, busy: false, type: 0, length: 0, into: null, intoOffset: 0, cb: null, ctx: null,
+        header: Buffer.allocUnsafe(C.REQUEST_HEADER_BYTES) });
+    }
+    const s = this.slots[idx] as Slot;
+    s.gen = (s.gen + 1) >>> 0;
+    s.busy = true;
+    s.type = type;
+    s.length = length;
+    s.into = into;
+    s.intoOffset = intoOffset;
+    s.cb = cb as RequestCallback<unknown>;
+    s.ctx = ctx;
+    this.inFlight++;
+    codec.writeRequestHeader(s.header, flags, type, s.gen, idx, offset, length);
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      process.nextTick(uncork, this);
+    }
+    this.sock.write(s.header);
+    if (data !== null && data.length > 0) this.sock.write(data);
+  }
+
+  read(offset: number, length: number, into?: Buffer, intoOffset = 0): Promise<Buffer> {
+    const target = into ?? Buffer.allocUnsafe(length);
+    return new Promise((resolve, reject) => {
+      this.submit(C.Cmd.READ, 0, offset, length, null, target, intoOffset, null,
+        (err) => (err ? reject(err) : resolve(target)));
+    });
+  }
+
+  write(offset: number, data: Buffer, opts: { fua?: boolean } = {}): Promise<void> {
+    return this.simple(C.Cmd.WRITE, opts.fua ? C.CMD_FLAG_FUA : 0, offset, data.length, data);
+  }
+
+  flush(): Promise<void> {
+    return this.simple(C.Cmd.FLUSH, 0, 0, 0, null);
+  }
+
+  trim(offset: number, length: number, opts: { fua?: boolean } = {}): Promise<void> {
+    return this.simple(C.Cmd.TRIM, opts.fua ? C.CMD_FLAG_FUA : 0, offset, length, null);
+  }
+
+  writeZeroes(offset: number, length: number, opts: { fua?: boolean; noHole?: boolean } = {}): Promise<void> {
+    const flags = (opts.fua ? C.CMD_FLAG_FUA : 0) | (opts.noHole ? C.CMD_FLAG_NO_HOLE : 0);
+    return this.simple(C.Cmd.WRITE_ZEROES, flags, offset, length, null);
+  }
+
+  /** Waits for in-flight replies, sends NBD_CMD_DISC and closes the socket. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      while (this.inFlight > 0 && !this.dead) await new Promise((r) => this.once('idle', r));
+      if (!this.dead) {
+        const disc = Buffer.allocUnsafe(C.REQUEST_HEADER_BYTES);
+        codec.writeRequestHeader(disc, 0, C.Cmd.DISC, 0, 0, 0, 0);
+        this.sock.end(disc);
+        await new Promise<void>((r) => (this.sock.destroyed ? r() : this.sock.once('close', () => r())));
+      }
+    })();
+    return this.closing;
+  }
+
+  /** Drops the connection now; requests in flight fail with err. */
+  destroy(err?: NbdConnectionError): void {
+    this.kill(err ?? new NbdConnectionError('client destroyed'));
+    this.sock.destroy();
+  }
+
+  private simple(type: number, flags: number, offset: number, length: number, data: Buffer | null): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.submit(type, flags, offset, length, data, null, 0, null, (err) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  private flushCork(): void {
+    this.corked = false;
+    this.sock.uncork();
+  }
+
+  /** Consumes n bytes of the socket's receive buffer (reused after this returns). */
+  private onBytes(buf: Buffer, n: number): void {
+    let pos = 0;
+    while (pos < n && !this.dead) {
+      const s = this.payloadSlot;
+      if (s !== null) {
+        const k = Math.min(n - pos, s.length - this.payloadGot);
+        buf.copy(s.into as Buffer, s.intoOffset + this.payloadGot, pos, pos + k);
+        pos += k;
+        this.payloadGot += k;
+        if (this.payloadGot === s.length) {
+          this.payloadSlot = null;
+          this.complete(s, null);
+        }
+        continue;
+      }
+      const k = Math.min(n - pos, C.SIMPLE_REPLY_BYTES - this.hdrGot);
+      buf.copy(this.hdr, this.hdrGot, pos, pos + k);
+      pos += k;
+      this.hdrGot += k;
+      if (this.hdrGot < C.SIMPLE_REPLY_BYTES) break;
+      this.hdrGot = 0;
+      this.onReplyHeader();
+    }
+  }
+
+  private onReplyHeader(): void {
+    const h = this.hdr;
+    const magic = h.readUInt32BE(0);
+    if (magic !== C.SIMPLE_REPLY_MAGIC) {
+      const what = magic === C.STRUCTURED_REPLY_MAGIC ? 'a structured reply, which was not negotiated'
+        : `bad reply magic 0x${magic.toString(16)}`;
+      return this.protocolError(what);
+    }
+    const error = h.readUInt32BE(4);
+    const gen = h.readUInt32BE(8);
+    const idx = h.readUInt32BE(12);
+    const s = this.slots[idx];
+    if (s === undefined || !s.busy || s.gen !== gen) {
+      return this.protocolError(`reply for unknown cookie ${gen}:${idx}`);
+    }
+    if (error !== 0) return this.complete(s, new NbdRequestError(error, C.CMD_NAMES[s.type] ?? `command ${s.type}`));
+    if (s.type === C.Cmd.READ && s.length > 0) {
+      this.payloadSlot = s;
+      this.payloadGot = 0;
+      return;
+    }
+    this.complete(s, null);
+  }
+
+  private complete(s: Slot, err: NbdError | null): void {
+    const cb = s.cb as RequestCallback<unknown>;
+    const ctx = s.ctx;
+    s.busy = false;
+    s.cb = null;
+    s.ctx = null;
+    s.into = null;
+    this.free.push(s.idx);
+    this.inFlight--;
+    cb(err, ctx);
+    if (this.inFlight === 0) this.emit('idle');
+  }
+
+  private protocolError(what: string): void {
+    const err = new NbdProtocolError(`server broke the protocol: ${what}`);
+    this.kill(new NbdConnectionError(err.message, { cause: err }));
+    this.sock.destroy();
+  }
+
+  private kill(err: NbdConnectionError): void {
+    if (this.dead) return;
+    this.dead = err;
+    this.payloadSlot = null;
+    for (const s of this.slots) {
+      if (s.busy) this.complete(s, err);
+    }
+    this.emit('idle');
+    this.emit('close', err);
+  }
+}
+
+function uncork(c: NbdClient): void {
+  (c as unknown as { flushCork(): void }).flushCork();
+}
+
+type Need = (n: number) => Promise<Buffer>;
+
+async function handshake(sock: net.Socket, need: Need, name: string, where: string): Promise<ExportInfo> {
+  let greeting: codec.Greeting;
+  try {
+    greeting = codec.decodeGreeting(await need(codec.GREETING_BYTES));
+  } catch (err) {
+    if (err instanceof NbdError) throw err;
+    throw new NbdHandshakeError(`${where}: ${(err as Error).message}`);
+  }
+  const fixed = (greeting.handshakeFlags & C.FLAG_FIXED_NEWSTYLE) !== 0;
+  const noZeroes = (greeting.handshakeFlags & C.FLAG_NO_ZEROES) !== 0;
+  sock.write(codec.encodeClientFlags((fixed ? C.FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? C.FLAG_C_NO_ZEROES : 0)));
+  if (fixed) {
+    const info = await optGo(sock, need, name, where);
+    if (info) return info;
+  }
+  // Fallback for servers without NBD_OPT_GO: the older EXPORT_NAME, which enters
+  // transmission directly and answers an unknown name by closing the connection.
+  sock.write(codec.encodeOption(C.Opt.EXPORT_NAME, Buffer.from(name, 'utf8')));
+  let reply: Buffer;
+  try {
+    reply = await need(10 + (noZeroes ? 0 : C.EXPORT_NAME_PADDING));
+  } catch (err) {
+    if (err instanceof NbdHandshakeError) throw new NbdHandshakeError(`${where} refused export "${name}" (closed the connection)`);
+    throw err;
+  }
+  return { name, size: codec.readU64(reply, 0), flags: reply.readUInt16BE(8), minBlock: 1, preferredBlock: 4096, maxPayload: C.MAX_PAYLOAD_BYTES };
+}
+
+/** NBD_OPT_GO; null when the server does not support it (ERR_UNSUP). */
+async function optGo(sock: net.Socket, need: Need, name: string, where: string): Promise<ExportInfo | null> {
+  sock.write(codec.encodeOption(C.Opt.GO, codec.encodeGoData(name, [C.INFO_BLOCK_SIZE])));
+  const info: ExportInfo = { name, size: -1, flags: 0, minBlock: 1, preferredBlock: 4096, maxPayload: C.MAX_PAYLOAD_BYTES };
+  for (;;) {
+    const h = codec.decodeOptionReplyHeader(await need(codec.OPTION_REPLY_HEADER_BYTES));
+    if (h.magic !== C.OPTION_REPLY_MAGIC) throw new NbdProtocolError(`${where}: bad option reply magic`);
+    if (h.option !== C.Opt.GO) throw new NbdProtocolError(`${where}: reply to option ${h.option}, expected GO`);
+    if (h.length > MAX_OPTION_REPLY_BYTES) throw new NbdProtocolError(`${where}: option reply of ${h.length} bytes`);
+    const data = await need(h.length);
+    if (h.type === C.REP_ACK) {
+      if (info.size < 0) throw new NbdProtocolError(`${where}: GO acknowledged without NBD_INFO_EXPORT`);
+      return info;
+    }
+    if (h.type === C.REP_INFO) {
+      if (data.length < 2) throw new NbdProtocolError(`${where}: empty NBD_REP_INFO`);
+      const t = data.readUInt16BE(0);
+      if (t === C.INFO_EXPORT && data.length === 12) {
+        info.size = codec.readU64(data, 2);
+        info.flags = data.readUInt16BE(10);
+      } else if (t === C.INFO_BLOCK_SIZE && data.length === 14) {
+        info.minBlock = data.readUInt32BE(2);
+        info.preferredBlock = data.readUInt32BE(6);
+        info.maxPayload = Math.min(data.readUInt32BE(10), C.MAX_PAYLOAD_BYTES);
+      }
+      continue; // other info types are optional to understand
+    }
+    if (h.type === C.REP_ERR_UNSUP) return null;
+    const msg = data.length > 0 ? `: ${data.toString('utf8')}` : '';
+    if (h.type === C.REP_ERR_UNKNOWN) throw new NbdHandshakeError(`${where} has no export "${name}"${msg}`, h.type);
+    if ((h.type & C.REP_FLAG_ERROR) !== 0) {
+      throw new NbdHandshakeError(`${where} refused export "${name}" (error 0x${h.type.toString(16)})${msg}`, h.type);
+    }
+    throw new NbdProtocolError(`${where}: unexpected option reply type ${h.type}`);
+  }
+}
