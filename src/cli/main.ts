@@ -14,6 +14,9 @@ type Command = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, () => Promise<Command>> = {
   serve: async () => serve,
+  add: async () => (await import('./add')).add,
+  del: async () => (await import('./del')).del,
+  list: async () => (await import('./list')).list,
 };
 
 export async function run(argv: string[]): Promise<number> {

@@ -1,0 +1,83 @@
+// One ublk queue served over one NBD connection: each request the kernel hands over
+// becomes one NBD request on the pipelined socket, and its reply completes the tag.
+// Everything a wake-up reaps is submitted in the same tick, so it leaves in one writev;
+// completions of a tick are committed in one io_uring submit (UblkQueue batches them).
+import { NbdClient } from '../nbd/client';
+import * as N from '../nbd/constants';
+import { NbdError, NbdRequestError } from '../nbd/errors';
+import { UblkQueue, UblkIoOp, type UblkQueueOptions } from '../ublk';
+import { Logger } from '../log';
+import { EIO, EOPNOTSUPP, nbdCommand, nbdFlags } from './ops';
+
+export class QueueService {
+  private readonly q: UblkQueue;
+  private readonly exportFlags: number;
+  private stoppedResolve!: () => void;
+  /** Resolves once the kernel aborted every tag (the device is stopping). */
+  readonly stopped: Promise<void>;
+  private readonly onDone: (err: NbdError | null, tag: number) => void;
+
+  constructor(qopts: UblkQueueOptions, private readonly client: NbdClient, private readonly log: Logger) {
+    this.q = new UblkQueue(qopts);
+    this.exportFlags = client.info.flags;
+    this.stopped = new Promise((r) => { this.stoppedResolve = r; });
+    const q = this.q;
+    // One closure for all requests: the tag travels as the request's context.
+    this.onDone = (err, tag) => {
+      if (err === null) {
+        const op = q.op(tag);
+        q.complete(tag, op === UblkIoOp.READ || op === UblkIoOp.WRITE ? q.length(tag) : 0);
+        return;
+      }
+      // A refused request keeps its errno (ENOSPC stays "no space"); a lost connection is EIO.
+      const errno = err instanceof NbdRequestError ? err.errno : EIO;
+      this.log.debug({ err, tag, op: q.op(tag), offset: q.offset(tag), length: q.length(tag) }, 'request failed');
+      q.complete(tag, -errno);
+    };
+  }
+
+  start(): void {
+    this.q.start({
+      request: (tag) => this.request(tag),
+      stopped: () => {
+        this.q.close();
+        this.stoppedResolve();
+      },
+      error: (err, tag) => this.log.error({ err, tag }, 'ublk queue error'),
+    });
+  }
+
+  close(): void {
+    this.q.close();
+  }
+
+  private request(tag: number): void {
+    const q = this.q;
+    const op = q.op(tag);
+    const cmd = nbdCommand(op);
+    if (cmd < 0) {
+      q.complete(tag, -EOPNOTSUPP);
+      return;
+    }
+    const flags = nbdFlags(op, q.flags(tag), this.exportFlags);
+    switch (cmd) {
+      case N.Cmd.READ: {
+        const len = q.length(tag);
+        this.client.submit(cmd, flags, q.offset(tag), len, null, q.buffer(tag), 0, tag, this.onDone);
+        return;
+      }
+      case N.Cmd.WRITE: {
+        const len = q.length(tag);
+        // A view of the tag's buffer, not a copy: the kernel keeps the data there until commit.
+        this.client.submit(cmd, flags, q.offset(tag), len, q.buffer(tag).subarray(0, len), null, 0, tag, this.onDone);
+        return;
+      }
+      case N.Cmd.FLUSH:
+        // The kernel sends FLUSH with start_sector all ones: offset and length are not used.
+        this.client.submit(cmd, 0, 0, 0, null, null, 0, tag, this.onDone);
+        return;
+      default:
+        this.client.submit(cmd, flags, q.offset(tag), q.length(tag), null, null, 0, tag, this.onDone);
+    }
+  }
+}

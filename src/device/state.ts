@@ -1,0 +1,69 @@
+// Per-device records under /run/netdisk-ublk/<id>.json (the convention ublksrv uses under
+// /run/ublksrvd): what `list` shows and what re-attaching a device needs. /run is a tmpfs,
+// so records vanish at reboot, like the devices themselves.
+import * as fs from 'fs';
+import * as path from 'path';
+
+export interface DeviceRecord {
+  id: number;
+  remote: string;
+  host: string;
+  port: number;
+  export: string;
+  size: number;
+  queues: number;
+  depth: number;
+  maxIoBufBytes: number;
+  pid: number;
+  created: string;
+  logFile?: string;
+}
+
+export function runDir(): string {
+  return process.env.NETDISK_RUN_DIR ?? '/run/netdisk-ublk';
+}
+
+export function recordPath(id: number): string {
+  return path.join(runDir(), `${id}.json`);
+}
+
+export function writeRecord(rec: DeviceRecord): void {
+  fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
+  const file = recordPath(rec.id);
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify(rec, null, 2) + '\n', { mode: 0o644 });
+  fs.renameSync(tmp, file); // atomic: a reader never sees half a record
+}
+
+export function readRecord(id: number): DeviceRecord | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(recordPath(id), 'utf8')) as DeviceRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+export function removeRecord(id: number): void {
+  fs.rmSync(recordPath(id), { force: true });
+}
+
+export function recordIds(): number[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(runDir());
+  } catch {
+    return [];
+  }
+  return names.flatMap((n) => (/^\d+\.json$/.test(n) ? [Number(n.slice(0, -5))] : [])).sort((a, b) => a - b);
+}
+
+/** Whether a process with this pid exists (signal 0 probes without sending). */
+export function pidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
