@@ -18,7 +18,7 @@ fi
 
 pkgs=(
   build-essential python3 liburing-dev pkg-config
-  nbdkit nbd-server nbd-client libnbd-bin qemu-utils fio
+  nbdkit nbd-server nbd-client libnbd-bin python3-libnbd qemu-utils fio
   dosfstools mtools e2fsprogs util-linux
   qemu-system-x86 busybox-static xz-utils cpio kmod iproute2
 )

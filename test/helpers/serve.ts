@@ -1,0 +1,86 @@
+// Our server as users run it: `node bin/netdisk-ublk.js serve ...` in its own process,
+// listening on a port the kernel picks, found from its "serving" log line (pino JSON on
+// stderr, which is a pipe here).
+import * as path from 'path';
+import { Child, Cleanup, Exit, spawnChild } from './procs';
+import { HOST } from './net';
+import { repoRoot } from './vm';
+
+export function cliPath(): string {
+  return path.join(repoRoot(), 'bin', 'netdisk-ublk.js');
+}
+
+export interface LogLine {
+  level: number;
+  msg: string;
+  [k: string]: unknown;
+}
+
+export interface ServeOptions {
+  size?: string;
+  name?: string;
+  readOnly?: boolean;
+  /** Extra arguments, after the others. */
+  args?: string[];
+  env?: Record<string, string>;
+}
+
+export interface Served {
+  readonly child: Child;
+  readonly host: string;
+  readonly port: number;
+  /** nbd://host:port/name URI for libnbd and qemu tools. */
+  uri(name?: string): string;
+  /** Log lines so far (stderr lines that parse as JSON). */
+  logs(): LogLine[];
+  /** Sends sig (SIGTERM by default) and waits for the exit. */
+  stop(sig?: NodeJS.Signals): Promise<Exit>;
+}
+
+function parseLogs(stderr: string): LogLine[] {
+  const out: LogLine[] = [];
+  for (const line of stderr.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      out.push(JSON.parse(line) as LogLine);
+    } catch {
+      // a partial line still being written
+    }
+  }
+  return out;
+}
+
+/** Starts `serve image --listen 127.0.0.1:0 ...` and waits until it logs "serving". */
+export async function serveImage(cleanup: Cleanup, image: string, opts: ServeOptions = {}): Promise<Served> {
+  const args = ['serve', image, '--listen', `${HOST}:0`];
+  if (opts.size !== undefined) args.push('--size', opts.size);
+  if (opts.name !== undefined) args.push('--name', opts.name);
+  if (opts.readOnly) args.push('--read-only');
+  args.push(...(opts.args ?? []));
+  const child = cleanup.child(spawnChild(process.execPath, [cliPath(), ...args], {
+    env: { ...process.env, NETDISK_LOG_FORMAT: 'json', ...opts.env },
+  }));
+  const serving = await new Promise<LogLine>((resolve, reject) => {
+    const check = (): void => {
+      const line = parseLogs(child.stderr()).find((l) => l.msg === 'serving');
+      if (line) {
+        child.proc.stderr?.off('data', check);
+        resolve(line);
+      }
+    };
+    child.proc.stderr?.on('data', check);
+    void child.exited.then((e) => reject(new Error(`serve exited (${e.code ?? e.signal}) before serving:\n${child.stderr()}`)),
+      reject);
+  });
+  const listen = String(serving.listen);
+  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
+  if (!Number.isInteger(port) || port <= 0) throw new Error(`no port in the serving line: ${JSON.stringify(serving)}`);
+  return {
+    child,
+    host: HOST,
+    port,
+    uri: (name = opts.name ?? '') => `nbd://${HOST}:${port}/${encodeURIComponent(name)}`,
+    logs: () => parseLogs(child.stderr()),
+    stop: (sig: NodeJS.Signals = 'SIGTERM') => child.kill(sig),
+  };
+}
