@@ -41,6 +41,8 @@ const KNOWN_CLIENT_FLAGS = C.FLAG_C_FIXED_NEWSTYLE | C.FLAG_C_NO_ZEROES;
 // size, so smaller writes cost a read-modify-write in the page cache.
 const MIN_BLOCK = 1;
 const PREFERRED_BLOCK = 4096;
+// On shutdown, how long a client has to close its side once every reply has been sent.
+const SHUTDOWN_LINGER_MS = 5000;
 
 export function transmissionFlags(store: Store): number {
   let f = C.TFLAG_HAS_FLAGS | C.TFLAG_SEND_FLUSH | C.TFLAG_CAN_MULTI_CONN;
@@ -71,6 +73,9 @@ export class ServerConnection {
     this.closed = new Promise((resolve) => sock.once('close', () => resolve()));
     sock.on('error', (err) => this.log.debug({ err }, 'socket error'));
     sock.on('data', (chunk: Buffer) => {
+      // Nothing sent after DISC, ABORT or a shutdown is acted on; it is read only so that
+      // the peer's FIN is seen.
+      if (this.state === State.Closing) return;
       this.q.push(chunk);
       this.pump();
     });
@@ -275,7 +280,17 @@ export class ServerConnection {
   }
 
   private endWhenIdle(): void {
-    if (this.inFlight === 0 && !this.sock.writableEnded) this.sock.end();
+    if (this.inFlight !== 0 || this.sock.writableEnded) return;
+    this.sock.end();
+    // 'close' needs the peer's FIN, which a paused socket never reads; a paused socket also
+    // stops holding the event loop open, so shutdown() would never resolve and the process
+    // would simply exit with the stores unflushed.
+    this.paused = false;
+    this.sock.resume();
+    if (this.draining) {
+      // A peer that never closes its side must not hold the server's shutdown forever.
+      setTimeout(() => this.sock.destroy(), SHUTDOWN_LINGER_MS).unref();
+    }
   }
 
   private fail(reason: string, level: 'warn' | 'info' = 'warn'): void {
