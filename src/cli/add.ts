@@ -14,7 +14,7 @@ import { parse, parseHostPort, parseIntArg } from './args';
 import { CliError, UsageError } from './errors';
 
 export const ADD_USAGE = `usage: netdisk-ublk add --remote HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N]
-                        [--max-io SIZE] [--foreground] [--json]
+                        [--max-io SIZE] [--timeout S] [--fail-after S] [--foreground] [--json]
   Creates /dev/ublkbN backed by the NBD export at HOST:PORT (port 10809 by default); its size
   comes from the server. Returns once the device is live; the daemon keeps serving it.
   --export NAME  export name (default: the server's default export)
@@ -23,6 +23,10 @@ export const ADD_USAGE = `usage: netdisk-ublk add --remote HOST[:PORT] [--export
                  multi-conn (default 1)
   --depth N      requests in flight per queue (default 128)
   --max-io SIZE  largest request (default 512K)
+  --timeout S    a request without a reply for S seconds means the connection is stalled:
+                 reconnect and resend (default 30; 0: never)
+  --fail-after S requests wait up to S seconds for a lost store before failing with EIO
+                 (default 180; 0: fail at once)
   --foreground   stay attached (systemd, debugging); logs go to stderr
   --json         print the device as JSON`;
 
@@ -37,6 +41,8 @@ export async function add(argv: string[]): Promise<number> {
     queues: { type: 'string', short: 'q' },
     depth: { type: 'string', short: 'd' },
     'max-io': { type: 'string' },
+    timeout: { type: 'string' },
+    'fail-after': { type: 'string' },
     foreground: { type: 'boolean', short: 'f' },
     json: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
@@ -64,9 +70,11 @@ export async function add(argv: string[]): Promise<number> {
       throw new UsageError('add: --max-io must be a multiple of 4K between 4K and 32M');
     }
   }
+  const timeoutMs = (parseIntArg(values.timeout, '--timeout', 0, 86400) ?? 30) * 1000;
+  const failAfterMs = (parseIntArg(values['fail-after'], '--fail-after', 0, 7 * 86400) ?? 180) * 1000;
   const json = values.json ?? false;
   if (values.foreground || process.env.NETDISK_READY_FD !== undefined) {
-    return runForeground({ host, port, exportName: values.export ?? '', id, queues, depth, maxIoBufBytes: maxIo }, json);
+    return runForeground({ host, port, exportName: values.export ?? '', id, queues, depth, maxIoBufBytes: maxIo, timeoutMs, failAfterMs }, json);
   }
   return spawnDaemon(argv, json);
 }
@@ -79,6 +87,8 @@ interface Settings {
   queues: number;
   depth: number;
   maxIoBufBytes: number;
+  timeoutMs: number;
+  failAfterMs: number;
 }
 
 function printReady(info: ReadyInfo, json: boolean): void {

@@ -68,13 +68,3 @@ export function deviceGeometry(exp: ExportCaps, maxIoBufBytes: number): DeviceGe
   }
   return { params, deviceBytes, logicalBlock };
 }
-
-/** A reconnect or a second connection must see the same export, or data would go astray. */
-export function sameExport(a: ExportCaps, b: ExportCaps): string | null {
-  if (a.size !== b.size) return `export size changed from ${a.size} to ${b.size} bytes`;
-  const mask = N.TFLAG_READ_ONLY | N.TFLAG_SEND_FLUSH | N.TFLAG_SEND_FUA | N.TFLAG_SEND_TRIM | N.TFLAG_SEND_WRITE_ZEROES;
-  if ((a.flags & mask) !== (b.flags & mask)) {
-    return `export flags changed from 0x${a.flags.toString(16)} to 0x${b.flags.toString(16)}`;
-  }
-  return null;
-}

@@ -9,7 +9,7 @@ import { NbdError } from '../nbd/errors';
 import { Logger } from '../log';
 import { UblkCtrl, UblkError, blockDevPath, closeCharDev, flagNames, openCharDev } from '../ublk';
 import { deviceGeometry, type ExportCaps } from './capabilities';
-import type { QueueWorkerData, QueueWorkerMessage } from './queue-worker';
+import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './queue-worker';
 import { removeRecord, writeRecord, type DeviceRecord } from './state';
 
 /** Marks our devices in dev_info.ublksrv_flags (opaque to the kernel), so `list` can tell them apart. */
@@ -23,6 +23,10 @@ export interface DaemonOptions {
   queues: number;
   depth: number;
   maxIoBufBytes: number;
+  /** Request reply timeout (0: none). */
+  timeoutMs: number;
+  /** How long requests wait for a lost store before failing. */
+  failAfterMs: number;
   log: Logger;
   logFile?: string;
 }
@@ -109,7 +113,8 @@ export class DeviceDaemon {
       for (let qid = 0; qid < info.nrHwQueues; qid++) {
         this.workers.push(this.spawnQueue({
           devId: this.devId, qid, depth: info.queueDepth, maxIoBufBytes: info.maxIoBufBytes, charFd: this.charFd,
-          ioctlEncode: this.ctrl.ioctlEncode, host: o.host, port: o.port, exportName: o.exportName, expect: caps,
+          ioctlEncode: this.ctrl.ioctlEncode, host: o.host, port: o.port, exportName: o.exportName, expect: probe.info,
+          timeoutMs: o.timeoutMs, failAfterMs: o.failAfterMs,
         }));
       }
       await Promise.all(this.workers.map((w) => waitStarted(w)));
@@ -146,6 +151,8 @@ export class DeviceDaemon {
 
   private async teardown(started: boolean): Promise<void> {
     const ctrl = this.ctrl;
+    // Requests that wait for a lost store would hold STOP_DEV up until fail-after.
+    for (const w of this.workers) w.worker.postMessage({ type: 'shutdown' } satisfies QueueWorkerCommand);
     if (ctrl && this.devId >= 0) {
       // STOP_DEV removes the disk after its in-flight requests complete, then aborts every
       // fetched tag, which ends each queue worker. Also needed before START: it cancels fetches.

@@ -2,7 +2,7 @@
 // becomes one NBD request on the pipelined socket, and its reply completes the tag.
 // Everything a wake-up reaps is submitted in the same tick, so it leaves in one writev;
 // completions of a tick are committed in one io_uring submit (UblkQueue batches them).
-import { NbdClient } from '../nbd/client';
+import type { ReconnectingClient } from '../nbd/reconnecting-client';
 import * as N from '../nbd/constants';
 import { NbdError, NbdRequestError } from '../nbd/errors';
 import { UblkQueue, UblkIoOp, type UblkQueueOptions } from '../ublk';
@@ -17,7 +17,7 @@ export class QueueService {
   readonly stopped: Promise<void>;
   private readonly onDone: (err: NbdError | null, tag: number) => void;
 
-  constructor(qopts: UblkQueueOptions, private readonly client: NbdClient, private readonly log: Logger) {
+  constructor(qopts: UblkQueueOptions, private readonly client: ReconnectingClient, private readonly log: Logger) {
     this.q = new UblkQueue(qopts);
     this.exportFlags = client.info.flags;
     this.stopped = new Promise((r) => { this.stoppedResolve = r; });

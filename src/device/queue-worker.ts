@@ -2,9 +2,9 @@
 // queue's commands only from the thread that fetched its tags, so the queue never
 // leaves this thread.
 import { parentPort, workerData } from 'worker_threads';
-import { NbdClient } from '../nbd/client';
+import { ReconnectingClient } from '../nbd/reconnecting-client';
+import type { ExportInfo } from '../nbd/client';
 import { createLogger } from '../log';
-import { sameExport, type ExportCaps } from './capabilities';
 import { QueueService } from './queue-service';
 
 export interface QueueWorkerData {
@@ -17,8 +17,13 @@ export interface QueueWorkerData {
   host: string;
   port: number;
   exportName: string;
-  expect: ExportCaps;
+  expect: ExportInfo;
+  timeoutMs: number;
+  failAfterMs: number;
 }
+
+/** From the daemon: the device is being stopped. */
+export type QueueWorkerCommand = { type: 'shutdown' };
 
 export type QueueWorkerMessage =
   | { type: 'started' }
@@ -26,28 +31,34 @@ export type QueueWorkerMessage =
   | { type: 'stopped' };
 
 const d = workerData as QueueWorkerData;
+if (parentPort === null) throw new Error('queue-worker must run in a worker thread');
 const port = parentPort;
-if (port === null) throw new Error('queue-worker must run in a worker thread');
 const log = createLogger('netdisk-ublk').child({ dev: d.devId, q: d.qid });
 const post = (m: QueueWorkerMessage): void => port.postMessage(m);
 
 async function main(): Promise<void> {
-  let client: NbdClient;
+  let client: ReconnectingClient;
   try {
-    client = await NbdClient.connect({ host: d.host, port: d.port, exportName: d.exportName });
+    client = await ReconnectingClient.connect({
+      host: d.host, port: d.port, exportName: d.exportName, expect: d.expect,
+      timeoutMs: d.timeoutMs, failAfterMs: d.failAfterMs,
+    });
   } catch (err) {
     post({ type: 'failed', message: (err as Error).message });
     return;
   }
-  const diff = sameExport(d.expect, client.info);
-  if (diff !== null) {
-    client.destroy();
-    post({ type: 'failed', message: diff });
-    return;
-  }
-  let stopping = false;
-  client.on('close', (err: Error) => {
-    if (!stopping) log.error({ err: err.message }, 'connection to the store lost; requests fail with EIO');
+  client.on('disconnect', (e: { reason: string; pending: number }) =>
+    log.warn({ reason: e.reason, pending: e.pending }, 'connection to the store lost: reconnecting, requests wait'));
+  client.on('retry', (e: { attempt: number; error: string; delayMs: number }) =>
+    log.info({ attempt: e.attempt, err: e.error, retryInMs: e.delayMs }, 'reconnect attempt failed'));
+  client.on('mismatch', (e: { reason: string }) =>
+    log.error({ reason: e.reason }, 'the store now serves a different export: not using it'));
+  client.on('reconnect', (e: { downMs: number; attempts: number; resent: number }) =>
+    log.warn({ downMs: e.downMs, attempts: e.attempts, resent: e.resent }, 'reconnected to the store'));
+  client.on('give-up', (e: { reason: string; pending: number }) =>
+    log.error({ reason: e.reason, failed: e.pending }, 'store unreachable: requests now fail with EIO (still reconnecting)'));
+  port.on('message', (m: QueueWorkerCommand) => {
+    if (m.type === 'shutdown') client.shutdown();
   });
   const svc = new QueueService(
     { devId: d.devId, qid: d.qid, depth: d.depth, maxIoBufBytes: d.maxIoBufBytes, charFd: d.charFd, ioctlEncode: d.ioctlEncode },
@@ -57,9 +68,8 @@ async function main(): Promise<void> {
   svc.start();
   post({ type: 'started' });
   await svc.stopped;
-  stopping = true;
   await Promise.race([client.close(), new Promise((r) => setTimeout(r, 5000))]);
-  client.destroy();
+  port.removeAllListeners('message');
   post({ type: 'stopped' });
 }
 

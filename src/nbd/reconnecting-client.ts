@@ -1,0 +1,279 @@
+// An NBD client that rides out connection loss. Requests without a reply are kept; a
+// lost connection (socket error, EOF, a protocol violation, ESHUTDOWN, or no reply within
+// the request timeout) is reconnected with backoff, the export is checked to be the same
+// (size and flags: a different export must not receive these writes), and every request
+// without a reply is sent again in its original order, with its flags. Callers see a pause.
+// Only after `failAfterMs` of disconnection do waiting and new requests fail; reconnecting
+// goes on, and once the store is back requests are served again.
+//
+// Re-sending is safe because NBD requests are idempotent: a write that reached the store
+// before the connection broke writes the same bytes again; FLUSH covers every write
+// acknowledged before it, on whatever connection (the server's multi-conn guarantee, or a
+// single connection).
+import { EventEmitter } from 'events';
+import { NbdClient, type ConnectOptions, type ExportInfo, type RequestCallback } from './client';
+import * as C from './constants';
+import { NbdConnectionError, NbdError, NbdRequestError } from './errors';
+
+export interface ReconnectOptions extends ConnectOptions {
+  /** A request without a reply for this long means the connection is stalled (0: never). */
+  timeoutMs?: number;
+  /** While disconnected this long, requests fail instead of waiting (0: at once). */
+  failAfterMs?: number;
+  /** The export must match this (size and flags) on every connection. */
+  expect?: ExportInfo;
+  /** Backoff between attempts: first and largest delay. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export interface DisconnectEvent { reason: string; pending: number }
+export interface ReconnectEvent { downMs: number; attempts: number; resent: number }
+
+interface Entry {
+  readonly idx: number;
+  seq: number;
+  busy: boolean;
+  sent: boolean;
+  /** Timer tick at which it was sent, for the request timeout. */
+  tick: number;
+  type: number;
+  flags: number;
+  offset: number;
+  length: number;
+  data: Buffer | null;
+  into: Buffer | null;
+  intoOffset: number;
+  ctx: unknown;
+  cb: RequestCallback<unknown> | null;
+}
+
+const enum State { Connected, Reconnecting, Failed, Closed }
+
+const TICK_MS = 500;
+
+/** Options of a connection that the reconnect path never waits on for long. */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+export class ReconnectingClient extends EventEmitter {
+  private client: NbdClient;
+  private readonly opts: ReconnectOptions;
+  private readonly expect: ExportInfo;
+  private state = State.Connected;
+  private readonly entries: Entry[] = [];
+  private readonly free: number[] = [];
+  private pendingCount = 0;
+  private seq = 0;
+  private tick = 0;
+  private downSince = 0;
+  private failTimer: NodeJS.Timeout | undefined;
+  private readonly ticker: NodeJS.Timeout;
+  private shuttingDown = false;
+  private readonly onReply: RequestCallback<Entry>;
+
+  private constructor(client: NbdClient, opts: ReconnectOptions) {
+    super();
+    this.client = client;
+    this.opts = opts;
+    this.expect = opts.expect ?? client.info;
+    this.onReply = (err, e) => this.replied(err, e);
+    this.watch(client);
+    const timeoutTicks = Math.ceil((opts.timeoutMs ?? 0) / TICK_MS);
+    this.ticker = setInterval(() => {
+      this.tick++;
+      if (timeoutTicks > 0 && this.state === State.Connected) this.checkTimeouts(timeoutTicks);
+    }, TICK_MS);
+    this.ticker.unref();
+  }
+
+  /** The first connection: failures here are reported, not retried (the caller decides). */
+  static async connect(opts: ReconnectOptions): Promise<ReconnectingClient> {
+    const client = await NbdClient.connect(opts);
+    if (opts.expect) {
+      const diff = exportDiff(opts.expect, client.info);
+      if (diff) {
+        client.destroy();
+        throw new NbdConnectionError(diff);
+      }
+    }
+    return new ReconnectingClient(client, opts);
+  }
+
+  get info(): ExportInfo { return this.expect; }
+  get connected(): boolean { return this.state === State.Connected; }
+  get pending(): number { return this.pendingCount; }
+
+  submit<T>(type: number, flags: number, offset: number, length: number, data: Buffer | null,
+    into: Buffer | null, intoOffset: number, ctx: T, cb: RequestCallback<T>): void {
+    if (this.state === State.Closed || this.state === State.Failed) {
+      const err = new NbdConnectionError(this.state === State.Closed ? 'client closed' : 'the store is unreachable');
+      queueMicrotask(() => cb(err, ctx));
+      return;
+    }
+    let idx = this.free.pop();
+    if (idx === undefined) {
+      idx = this.entries.length;
+      this.entries.push({ idx, seq: 0, busy: false, sent: false, tick: 0, type: 0, flags: 0, offset: 0, length: 0,
+        data: null, into: null, intoOffset: 0, ctx: null, cb: null });
+    }
+    const e = this.entries[idx] as Entry;
+    e.seq = this.seq++;
+    e.busy = true;
+    e.sent = false;
+    e.type = type;
+    e.flags = flags;
+    e.offset = offset;
+    e.length = length;
+    e.data = data;
+    e.into = into;
+    e.intoOffset = intoOffset;
+    e.ctx = ctx;
+    e.cb = cb as RequestCallback<unknown>;
+    this.pendingCount++;
+    if (this.state === State.Connected) this.send(e);
+  }
+
+  /**
+   * The owner is going away: requests still wait for a live connection to finish, but
+   * nothing waits for a reconnect any more (waiting and later ones fail at once).
+   */
+  shutdown(): void {
+    this.shuttingDown = true;
+    if (this.state === State.Reconnecting) this.giveUp('shutting down while the store is unreachable');
+  }
+
+  /** Waits for pending requests (failing them if disconnected), then disconnects cleanly. */
+  async close(): Promise<void> {
+    this.shutdown();
+    while (this.pendingCount > 0 && this.state === State.Connected) await new Promise((r) => setTimeout(r, 10));
+    this.state = State.Closed;
+    this.failAll(new NbdConnectionError('client closed'));
+    clearInterval(this.ticker);
+    if (this.failTimer) clearTimeout(this.failTimer);
+    await this.client.close().catch(() => undefined);
+    this.client.destroy();
+  }
+
+  private send(e: Entry): void {
+    e.sent = true;
+    e.tick = this.tick;
+    this.client.submit(e.type, e.flags, e.offset, e.length, e.data, e.into, e.intoOffset, e, this.onReply);
+  }
+
+  private replied(err: NbdError | null, e: Entry): void {
+    if (!e.busy) return;
+    if (err === null || (err instanceof NbdRequestError && err.errno !== C.NBD_ESHUTDOWN)) {
+      this.finish(e, err);
+      return;
+    }
+    // The connection failed under this request, or the server is shutting down (ESHUTDOWN:
+    // the spec asks the client to disconnect): keep it for the next connection.
+    e.sent = false;
+    if (this.state === State.Connected) this.lost(err.message);
+    else if (this.state !== State.Reconnecting) this.finish(e, err);
+  }
+
+  private finish(e: Entry, err: NbdError | null): void {
+    const cb = e.cb as RequestCallback<unknown>;
+    const ctx = e.ctx;
+    e.busy = false;
+    e.cb = null;
+    e.ctx = null;
+    e.data = null;
+    e.into = null;
+    this.pendingCount--;
+    this.free.push(e.idx);
+    cb(err, ctx);
+  }
+
+  private watch(client: NbdClient): void {
+    client.once('close', (err: Error) => {
+      if (client === this.client && this.state === State.Connected) this.lost(err.message);
+    });
+  }
+
+  private checkTimeouts(timeoutTicks: number): void {
+    for (const e of this.entries) {
+      if (e.busy && e.sent && this.tick - e.tick >= timeoutTicks) {
+        this.lost(`no reply within ${this.opts.timeoutMs} ms`);
+        return;
+      }
+    }
+  }
+
+  private lost(reason: string): void {
+    if (this.state !== State.Connected) return;
+    this.downSince = Date.now();
+    const old = this.client;
+    if (this.shuttingDown) {
+      this.state = State.Failed;
+      old.destroy();
+      this.failAll(new NbdConnectionError(`connection lost while shutting down: ${reason}`));
+      return;
+    }
+    this.state = State.Reconnecting;
+    this.emit('disconnect', { reason, pending: this.pendingCount } satisfies DisconnectEvent);
+    old.destroy(new NbdConnectionError(reason)); // every request on it comes back unsent
+    const failAfter = this.opts.failAfterMs ?? 180_000;
+    if (failAfter <= 0) this.giveUp(reason);
+    else this.failTimer = setTimeout(() => this.giveUp(`the store has been unreachable for ${failAfter} ms`), failAfter);
+    void this.reconnectLoop();
+  }
+
+  /** Past fail-after: waiting requests fail, new ones fail at once; reconnecting goes on. */
+  private giveUp(reason: string): void {
+    if (this.state !== State.Reconnecting) return;
+    this.state = State.Failed;
+    this.emit('give-up', { reason, pending: this.pendingCount });
+    this.failAll(new NbdConnectionError(reason));
+  }
+
+  private failAll(err: NbdConnectionError): void {
+    for (const e of [...this.entries].sort((a, b) => a.seq - b.seq)) if (e.busy) this.finish(e, err);
+  }
+
+  private async reconnectLoop(): Promise<void> {
+    let delay = this.opts.minBackoffMs ?? 100;
+    const maxDelay = this.opts.maxBackoffMs ?? 2000;
+    let attempts = 0;
+    while (this.state === State.Reconnecting || (this.state === State.Failed && !this.shuttingDown)) {
+      attempts++;
+      try {
+        const c = await NbdClient.connect({ ...this.opts, handshakeTimeoutMs: Math.min(this.opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS, HANDSHAKE_TIMEOUT_MS) });
+        const diff = exportDiff(this.expect, c.info);
+        if (diff) {
+          c.destroy();
+          this.emit('mismatch', { reason: diff });
+          throw new NbdConnectionError(diff);
+        }
+        const now = this.state as State;
+        if (now === State.Closed || (now === State.Failed && this.shuttingDown)) {
+          c.destroy();
+          return;
+        }
+        this.client = c;
+        this.watch(c);
+        if (this.failTimer) clearTimeout(this.failTimer);
+        this.state = State.Connected;
+        const waiting = this.entries.filter((e) => e.busy && !e.sent).sort((a, b) => a.seq - b.seq);
+        for (const e of waiting) this.send(e);
+        this.emit('reconnect', { downMs: Date.now() - this.downSince, attempts, resent: waiting.length } satisfies ReconnectEvent);
+        return;
+      } catch (err) {
+        this.emit('retry', { attempt: attempts, error: (err as Error).message, delayMs: delay });
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, maxDelay);
+      }
+    }
+  }
+}
+
+/** Why `got` is not the export `want` (null when it is): a reconnect must find the same disk. */
+export function exportDiff(want: ExportInfo, got: ExportInfo): string | null {
+  if (want.size !== got.size) return `export size changed from ${want.size} to ${got.size} bytes`;
+  const mask = C.TFLAG_READ_ONLY | C.TFLAG_SEND_FLUSH | C.TFLAG_SEND_FUA | C.TFLAG_SEND_TRIM | C.TFLAG_SEND_WRITE_ZEROES;
+  if ((want.flags & mask) !== (got.flags & mask)) {
+    return `export flags changed from 0x${want.flags.toString(16)} to 0x${got.flags.toString(16)}`;
+  }
+  return null;
+}
