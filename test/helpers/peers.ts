@@ -200,12 +200,12 @@ export async function startNbdServer(cleanup: Cleanup, dir: string, image: strin
   throw last;
 }
 
-/** qemu-nbd serving `image` (raw) as `name`, persistent (-t) so it outlives each client. */
+/** qemu-nbd serving `image` (raw) as `name`: persistent (-t) so it outlives each client, and shared (-e, default 1) so clients may overlap. */
 export async function startQemuNbd(cleanup: Cleanup, image: string, opts: { name?: string; readOnly?: boolean } = {}): Promise<Peer> {
   const bin = requirePeer('qemu-nbd');
   const name = opts.name ?? 'qemu';
   const { port, child } = await onFreePort(cleanup, 'qemu-nbd', (p) => spawnChild(bin, [
-    '-f', 'raw', '-t', '-b', HOST, '-p', String(p), '-x', name, '--discard=unmap', '--cache=writeback',
+    '-f', 'raw', '-t', '-e', '16', '-b', HOST, '-p', String(p), '-x', name, '--discard=unmap', '--cache=writeback',
     ...(opts.readOnly ? ['-r'] : []), image,
   ]));
   return peer(port, name, child);
