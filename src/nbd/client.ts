@@ -149,7 +149,9 @@ export class NbdClient extends EventEmitter {
       ).catch((err: unknown) => {
         clearTimeout(timer);
         sock.destroy();
-        reject(failure ?? err);
+        // The handshake's own error says more than the socket event behind it (a refused
+        // EXPORT_NAME is seen as a close, and rethrown naming the export).
+        reject(err instanceof NbdError ? err : failure ?? err);
       });
     });
   }
