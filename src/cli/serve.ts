@@ -26,7 +26,7 @@ export async function serve(argv: string[]): Promise<number> {
   }
   if (positionals.length !== 1) throw new UsageError(`serve: expected one IMAGE argument\n${SERVE_USAGE}`);
   const image = positionals[0] as string;
-  const listen = parseHostPort(values.listen ?? '127.0.0.1', '127.0.0.1', '--listen');
+  const listen = parseHostPort(values.listen ?? '127.0.0.1', '127.0.0.1', 'serve: --listen');
   let size: number | undefined;
   if (values.size !== undefined) {
     try {
