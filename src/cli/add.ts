@@ -3,15 +3,10 @@
 // Without --foreground, add starts the daemon as a detached process and returns once the
 // device is live (or the daemon failed), printing its path. The daemon reports readiness
 // on a pipe (NETDISK_READY_FD) and logs to /run/netdisk-ublk/<id>.log.
-import { spawn } from 'child_process';
-import * as fs from 'fs';
-import * as path from 'path';
-import { createLogger } from '../log';
-import { DaemonError, DeviceDaemon, type ReadyInfo } from '../device/daemon';
-import { runDir } from '../device/state';
-import { formatSize, parseSize } from '../size';
+import { parseSize } from '../size';
 import { parse, parseHostPort, parseIntArg } from './args';
-import { CliError, UsageError } from './errors';
+import { runForeground, spawnDaemon } from './daemonize';
+import { UsageError } from './errors';
 
 export const ADD_USAGE = `usage: netdisk-ublk add --remote HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N]
                         [--max-io SIZE] [--timeout S] [--fail-after S] [--foreground] [--json]
@@ -74,126 +69,9 @@ export async function add(argv: string[]): Promise<number> {
   const failAfterMs = (parseIntArg(values['fail-after'], '--fail-after', 0, 7 * 86400) ?? 180) * 1000;
   const json = values.json ?? false;
   if (values.foreground || process.env.NETDISK_READY_FD !== undefined) {
-    return runForeground({ host, port, exportName: values.export ?? '', id, queues, depth, maxIoBufBytes: maxIo, timeoutMs, failAfterMs }, json);
+    const settings = { host, port, exportName: values.export ?? '', queues, depth, maxIoBufBytes: maxIo, timeoutMs, failAfterMs,
+      ...(id === undefined ? {} : { id }) };
+    return runForeground('add', (d) => d.startOrRecover(), settings, json);
   }
-  return spawnDaemon(argv, json);
-}
-
-interface Settings {
-  host: string;
-  port: number;
-  exportName: string;
-  id: number | undefined;
-  queues: number;
-  depth: number;
-  maxIoBufBytes: number;
-  timeoutMs: number;
-  failAfterMs: number;
-}
-
-function printReady(info: ReadyInfo, json: boolean): void {
-  if (json) process.stdout.write(JSON.stringify(info) + '\n');
-  else process.stdout.write(`${info.device}\n`);
-}
-
-async function runForeground(s: Settings, json: boolean): Promise<number> {
-  const readyFd = process.env.NETDISK_READY_FD === undefined ? undefined : Number(process.env.NETDISK_READY_FD);
-  const logFile = process.env.NETDISK_LOG_FILE;
-  const log = createLogger('netdisk-ublk');
-  // Keep the daemon out of the OOM killer's way: it is what writes dirty pages back.
-  try {
-    fs.writeFileSync('/proc/self/oom_score_adj', '-1000');
-  } catch {
-    // not root, or not Linux: not fatal
-  }
-  const daemon = new DeviceDaemon({ ...s, ...(s.id === undefined ? {} : { id: s.id }), log, ...(logFile ? { logFile } : {}) });
-  let info: ReadyInfo;
-  try {
-    info = await daemon.start();
-  } catch (err) {
-    const msg = err instanceof DaemonError ? err.message : (err as Error).stack ?? String(err);
-    if (readyFd !== undefined) report(readyFd, { ok: false, message: msg });
-    throw new CliError(`add: ${msg}`);
-  }
-  if (readyFd !== undefined) {
-    if (logFile) {
-      // The log file was named before the id was known; give it the device's name.
-      const named = path.join(path.dirname(logFile), `${info.id}.log`);
-      try {
-        fs.renameSync(logFile, named);
-      } catch {
-        // keep the old name
-      }
-    }
-    report(readyFd, { ok: true, info });
-  } else {
-    printReady(info, json);
-  }
-  await new Promise<void>((resolve) => {
-    const onSignal = (sig: string): void => {
-      log.info({ signal: sig }, 'stopping the device');
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      resolve();
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    process.on('SIGHUP', () => log.info('SIGHUP ignored'));
-  });
-  await daemon.stop();
-  log.info('exiting');
-  return 0;
-}
-
-type Report = { ok: true; info: ReadyInfo } | { ok: false; message: string };
-
-function report(fd: number, r: Report): void {
-  try {
-    fs.writeSync(fd, JSON.stringify(r) + '\n');
-    fs.closeSync(fd);
-  } catch {
-    // the parent is gone; nothing to tell
-  }
-}
-
-async function spawnDaemon(argv: string[], json: boolean): Promise<number> {
-  fs.mkdirSync(runDir(), { recursive: true });
-  const logFile = path.join(runDir(), `daemon-${process.pid}-${Date.now()}.log`);
-  const logFd = fs.openSync(logFile, 'a', 0o640);
-  const script = process.argv[1] as string;
-  const child = spawn(process.execPath, [...process.execArgv, script, 'add', ...argv], {
-    detached: true,
-    stdio: ['ignore', 'ignore', logFd, 'pipe'],
-    env: { ...process.env, NETDISK_READY_FD: '3', NETDISK_LOG_FILE: logFile, NETDISK_LOG_FORMAT: 'json' },
-  });
-  fs.closeSync(logFd);
-  const pipe = child.stdio[3] as NodeJS.ReadableStream;
-  let text = '';
-  pipe.setEncoding('utf8');
-  pipe.on('data', (s: string) => { text += s; });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  await new Promise<void>((resolve) => {
-    pipe.once('end', resolve);
-    pipe.once('close', resolve);
-  });
-  const line = text.split('\n')[0] ?? '';
-  let r: Report | undefined;
-  try {
-    r = JSON.parse(line) as Report;
-  } catch {
-    r = undefined;
-  }
-  if (r?.ok) {
-    child.unref();
-    (pipe as unknown as { destroy(): void }).destroy();
-    printReady(r.info, json);
-    if (!json) process.stderr.write(`netdisk-ublk: ${r.info.device} is live (${formatSize(r.info.size)} from ${r.info.remote}); daemon pid ${r.info.pid}, log ${path.join(runDir(), `${r.info.id}.log`)}\n`);
-    return 0;
-  }
-  const code = await exited;
-  if (r && !r.ok) {
-    fs.rmSync(logFile, { force: true });
-    throw new CliError(`add: ${r.message}`, code && code > 0 ? code : 1);
-  }
-  throw new CliError(`add: the daemon exited (code ${code}) before the device was live; see ${logFile}`);
+  return spawnDaemon('add', argv, json);
 }

@@ -8,6 +8,7 @@ commands:
   add --remote HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N] [--foreground] [--json]
   del ID | --all
   list [--json]
+  recover ID [--remote HOST[:PORT]]
 Run "netdisk-ublk COMMAND --help" for a command's options.`;
 
 type Command = (argv: string[]) => Promise<number>;
@@ -17,6 +18,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   add: async () => (await import('./add')).add,
   del: async () => (await import('./del')).del,
   list: async () => (await import('./list')).list,
+  recover: async () => (await import('./recover')).recover,
 };
 
 export async function run(argv: string[]): Promise<number> {

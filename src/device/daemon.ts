@@ -1,16 +1,20 @@
 // The device daemon: one ublk device backed by an NBD export. Adds and configures the
-// device, runs one worker thread per queue (each with its own connection), starts the
-// device, and on SIGTERM/SIGINT stops it, lets in-flight requests finish and deletes it.
+// device (or re-attaches to one whose daemon died), runs one worker thread per queue, each
+// with its own connection, starts the device, and on SIGTERM/SIGINT stops it, lets
+// in-flight requests finish and deletes it.
 import * as fs from 'fs';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
-import { NbdClient } from '../nbd/client';
+import { NbdClient, type ExportInfo } from '../nbd/client';
+import * as N from '../nbd/constants';
 import { NbdError } from '../nbd/errors';
 import { Logger } from '../log';
-import { UblkCtrl, UblkError, blockDevPath, closeCharDev, flagNames, openCharDev } from '../ublk';
-import { deviceGeometry, type ExportCaps } from './capabilities';
+import {
+  UblkCtrl, UblkError, UblkFlag, UblkState, blockDevPath, closeCharDev, flagNames, openCharDev, type DevInfo,
+} from '../ublk';
+import { deviceGeometry } from './capabilities';
 import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './queue-worker';
-import { removeRecord, writeRecord, type DeviceRecord } from './state';
+import { readRecord, removeRecord, writeRecord, type DeviceRecord } from './state';
 
 /** Marks our devices in dev_info.ublksrv_flags (opaque to the kernel), so `list` can tell them apart. */
 export const NETDISK_MARK = 0x4e44_4b00n; // "NDK\0"
@@ -40,6 +44,7 @@ export interface ReadyInfo {
   remote: string;
   export: string;
   pid: number;
+  recovered: boolean;
 }
 
 export class DaemonError extends Error {
@@ -54,6 +59,11 @@ interface QueueWorker {
   exited: Promise<number>;
 }
 
+// A daemon killed with -9 leaves the device waiting (QUIESCED) instead of failing its I/O;
+// `recover` or a restarted daemon picks it up. REISSUE hands requests the dead daemon held
+// to the new one: safe here because NBD writes are idempotent.
+const RECOVERY_FLAGS = UblkFlag.USER_RECOVERY | UblkFlag.USER_RECOVERY_REISSUE;
+
 export class DeviceDaemon {
   private ctrl: UblkCtrl | undefined;
   private devId = -1;
@@ -61,92 +71,200 @@ export class DeviceDaemon {
   private workers: QueueWorker[] = [];
   private stopping: Promise<void> | undefined;
   private readonly log: Logger;
+  private doneResolve!: () => void;
+  /** Resolves when the daemon must end on its own (a queue worker died). */
+  readonly done: Promise<void>;
+  exitCode = 0;
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = opts.log;
+    this.done = new Promise((r) => { this.doneResolve = r; });
   }
 
-  /** Brings the device up; resolves once /dev/ublkbN is live. On failure nothing is left behind. */
+  /**
+   * `add --id N` restarted after its daemon died (systemd's Restart=): when device N is ours
+   * and waiting for a daemon, re-attach to it instead of failing with "exists".
+   */
+  async startOrRecover(): Promise<ReadyInfo> {
+    if (this.opts.id !== undefined) {
+      await this.preflight();
+      const dev = await (this.ctrl as UblkCtrl).getDevInfo(this.opts.id).catch(() => undefined);
+      if (dev && dev.ublksrvFlags === NETDISK_MARK && (dev.state === UblkState.QUIESCED || dev.state === UblkState.FAIL_IO)) {
+        this.log.info({ dev: this.opts.id }, 'device is waiting for a daemon: recovering it');
+        return this.recover(this.opts.id);
+      }
+    }
+    return this.start();
+  }
+
+  /** Creates the device; resolves once /dev/ublkbN is live. On failure nothing is left behind. */
   async start(): Promise<ReadyInfo> {
     const o = this.opts;
-    const remote = `${o.host}:${o.port}`;
-    if (!fs.existsSync('/dev/ublk-control')) {
-      throw new DaemonError('this kernel has no ublk driver (/dev/ublk-control is missing): load it with "modprobe ublk_drv" (CONFIG_BLK_DEV_UBLK)');
-    }
-    if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-      throw new DaemonError('must run as root: creating ublk devices needs CAP_SYS_ADMIN');
-    }
-    // Learn the export before creating anything: size and flags decide the device's shape.
-    let probe: NbdClient;
-    try {
-      probe = await NbdClient.connect({ host: o.host, port: o.port, exportName: o.exportName });
-    } catch (err) {
-      throw new DaemonError(err instanceof NbdError ? err.message : `cannot reach ${remote}: ${(err as Error).message}`);
-    }
-    const caps: ExportCaps = { ...probe.info };
-    await probe.close().catch(() => undefined);
+    await this.preflight();
+    const info = await this.probe();
     let queues = o.queues;
-    if (queues > 1 && (caps.flags & 0x100) === 0) {
+    if (queues > 1 && (info.flags & N.TFLAG_CAN_MULTI_CONN) === 0) {
       this.log.warn({ queues }, 'the server does not advertise multi-conn: using one queue and one connection');
       queues = 1;
     }
-    const geo = deviceGeometry(caps, o.maxIoBufBytes);
-    if (geo.deviceBytes === 0) throw new DaemonError(`export "${o.exportName}" on ${remote} is smaller than one block (${caps.size} bytes)`);
-    if (geo.deviceBytes !== caps.size) {
-      this.log.warn({ size: caps.size, deviceBytes: geo.deviceBytes }, 'export size is not a whole number of blocks: the tail is not exposed');
+    const geo = deviceGeometry(info, o.maxIoBufBytes);
+    if (geo.deviceBytes === 0) throw new DaemonError(`export "${o.exportName}" on ${this.remote} is smaller than one block (${info.size} bytes)`);
+    if (geo.deviceBytes !== info.size) {
+      this.log.warn({ size: info.size, deviceBytes: geo.deviceBytes }, 'export size is not a whole number of blocks: the tail is not exposed');
     }
+    const ctrl = this.ctrl as UblkCtrl;
+    const flags = ctrl.features === null ? RECOVERY_FLAGS : RECOVERY_FLAGS & ctrl.features;
     try {
-      this.ctrl = await UblkCtrl.open();
-      const info = await this.ctrl.addDev({
-        id: o.id ?? -1, queues, depth: o.depth, maxIoBufBytes: o.maxIoBufBytes, ublksrvFlags: NETDISK_MARK,
+      const dev = await ctrl.addDev({
+        id: o.id ?? -1, queues, depth: o.depth, maxIoBufBytes: o.maxIoBufBytes, flags, ublksrvFlags: NETDISK_MARK,
       });
-      this.devId = info.devId;
-      this.log.info({ dev: info.devId, flags: flagNames(info.flags), queues: info.nrHwQueues, depth: info.queueDepth }, 'ublk device added');
-      await this.ctrl.setParams(this.devId, geo.params);
-      this.charFd = openCharDev(this.devId);
-      const rec: DeviceRecord = {
-        id: this.devId, remote, host: o.host, port: o.port, export: o.exportName, size: geo.deviceBytes,
-        queues: info.nrHwQueues, depth: info.queueDepth, maxIoBufBytes: info.maxIoBufBytes, pid: process.pid,
-        created: new Date().toISOString(), ...(o.logFile ? { logFile: o.logFile } : {}),
-      };
-      writeRecord(rec);
-      for (let qid = 0; qid < info.nrHwQueues; qid++) {
-        this.workers.push(this.spawnQueue({
-          devId: this.devId, qid, depth: info.queueDepth, maxIoBufBytes: info.maxIoBufBytes, charFd: this.charFd,
-          ioctlEncode: this.ctrl.ioctlEncode, host: o.host, port: o.port, exportName: o.exportName, expect: probe.info,
-          timeoutMs: o.timeoutMs, failAfterMs: o.failAfterMs,
-        }));
-      }
-      await Promise.all(this.workers.map((w) => waitStarted(w)));
-      await this.ctrl.startDev(this.devId);
-      this.log.info({ device: blockDevPath(this.devId), size: geo.deviceBytes, remote, export: o.exportName }, 'device live');
-      for (const w of this.workers) {
-        void w.exited.then((code) => {
-          if (!this.stopping) {
-            this.log.error({ code }, 'a queue worker exited unexpectedly: stopping the device');
-            void this.stop();
-          }
-        });
-      }
-      return {
-        id: this.devId, device: blockDevPath(this.devId), size: geo.deviceBytes, queues: info.nrHwQueues,
-        depth: info.queueDepth, remote, export: o.exportName, pid: process.pid,
-      };
+      this.devId = dev.devId;
+      this.log.info({ dev: dev.devId, flags: flagNames(dev.flags), queues: dev.nrHwQueues, depth: dev.queueDepth }, 'ublk device added');
+      await ctrl.setParams(this.devId, geo.params);
+      await this.runQueues(dev, info, geo.deviceBytes);
+      await ctrl.startDev(this.devId);
     } catch (err) {
       await this.teardown(false);
-      if (err instanceof DaemonError) throw err;
-      if (err instanceof UblkError) {
-        if (err.code === 'UBLK_EXISTS') throw new DaemonError(`ublk device ${o.id} already exists`);
-        throw new DaemonError(err.message);
-      }
-      throw err;
+      throw this.describe(err);
     }
+    return this.live(geo.deviceBytes, false);
+  }
+
+  /**
+   * Re-attaches to device `id` whose daemon died (state QUIESCED): a new set of queues
+   * fetches its tags and the kernel hands them the waiting and re-issued requests.
+   */
+  async recover(id: number): Promise<ReadyInfo> {
+    await this.preflight();
+    const ctrl = this.ctrl as UblkCtrl;
+    let dev: DevInfo;
+    try {
+      dev = await ctrl.getDevInfo(id);
+    } catch (err) {
+      throw this.describe(err);
+    }
+    if (dev.ublksrvFlags !== NETDISK_MARK) throw new DaemonError(`ublk device ${id} is not a netdisk-ublk device`);
+    if ((dev.flags & UblkFlag.USER_RECOVERY) === 0n) throw new DaemonError(`ublk device ${id} was added without user recovery`);
+    if (dev.state === UblkState.LIVE) throw new DaemonError(`ublk device ${id} is live: its daemon (pid ${dev.ublksrvPid}) still serves it`);
+    if (dev.state !== UblkState.QUIESCED && dev.state !== UblkState.FAIL_IO) {
+      throw new DaemonError(`ublk device ${id} cannot be recovered (state ${dev.state}); delete it with "netdisk-ublk del ${id}"`);
+    }
+    const info = await this.probe();
+    const params = await ctrl.getParams(id);
+    const sectors = Number(params.basic?.devSectors ?? 0n);
+    const geo = deviceGeometry(info, dev.maxIoBufBytes);
+    if (geo.deviceBytes !== sectors * 512) {
+      throw new DaemonError(`the export is now ${info.size} bytes but device ${id} is ${sectors * 512}: refusing to attach a different disk`);
+    }
+    this.devId = id;
+    try {
+      // The old daemon's fd and ring may still be closing: the kernel answers EBUSY until then.
+      for (let i = 0; ; i++) {
+        try {
+          await ctrl.startUserRecovery(id);
+          break;
+        } catch (err) {
+          if (!(err instanceof UblkError && err.code === 'UBLK_BUSY') || i >= 50) throw err;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      await this.runQueues(dev, info, geo.deviceBytes);
+      await ctrl.endUserRecovery(id);
+    } catch (err) {
+      // Leave the device waiting for another attempt rather than deleting the user's disk.
+      this.devId = -1;
+      await this.teardown(false);
+      throw this.describe(err);
+    }
+    return this.live(geo.deviceBytes, true);
   }
 
   /** Stops the device (in-flight requests finish), ends the queues and deletes the device. */
   stop(): Promise<void> {
     this.stopping ??= this.teardown(true);
     return this.stopping;
+  }
+
+  private get remote(): string {
+    return `${this.opts.host}:${this.opts.port}`;
+  }
+
+  private async preflight(): Promise<void> {
+    if (!fs.existsSync('/dev/ublk-control')) {
+      throw new DaemonError('this kernel has no ublk driver (/dev/ublk-control is missing): load it with "modprobe ublk_drv" (CONFIG_BLK_DEV_UBLK)');
+    }
+    if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+      throw new DaemonError('must run as root: creating ublk devices needs CAP_SYS_ADMIN');
+    }
+    try {
+      this.ctrl = await UblkCtrl.open();
+    } catch (err) {
+      throw this.describe(err);
+    }
+  }
+
+  /** Learns the export before anything is created: size and flags decide the device's shape. */
+  private async probe(): Promise<ExportInfo> {
+    const o = this.opts;
+    let probe: NbdClient;
+    try {
+      probe = await NbdClient.connect({ host: o.host, port: o.port, exportName: o.exportName });
+    } catch (err) {
+      throw new DaemonError(err instanceof NbdError ? err.message : `cannot reach ${this.remote}: ${(err as Error).message}`);
+    }
+    const info = probe.info;
+    await probe.close().catch(() => undefined);
+    return info;
+  }
+
+  private async runQueues(dev: DevInfo, info: ExportInfo, deviceBytes: number): Promise<void> {
+    const ctrl = this.ctrl as UblkCtrl;
+    const o = this.opts;
+    this.charFd = openCharDev(this.devId);
+    const old = readRecord(this.devId);
+    const rec: DeviceRecord = {
+      id: this.devId, remote: this.remote, host: o.host, port: o.port, export: o.exportName, size: deviceBytes,
+      queues: dev.nrHwQueues, depth: dev.queueDepth, maxIoBufBytes: dev.maxIoBufBytes, timeoutMs: o.timeoutMs,
+      failAfterMs: o.failAfterMs, pid: process.pid, created: old?.created ?? new Date().toISOString(),
+      ...(o.logFile ? { logFile: o.logFile } : {}),
+    };
+    writeRecord(rec);
+    for (let qid = 0; qid < dev.nrHwQueues; qid++) {
+      this.workers.push(this.spawnQueue({
+        devId: this.devId, qid, depth: dev.queueDepth, maxIoBufBytes: dev.maxIoBufBytes, charFd: this.charFd,
+        ioctlEncode: ctrl.ioctlEncode, host: o.host, port: o.port, exportName: o.exportName, expect: info,
+        timeoutMs: o.timeoutMs, failAfterMs: o.failAfterMs,
+      }));
+    }
+    await Promise.all(this.workers.map((w) => waitStarted(w)));
+  }
+
+  private live(deviceBytes: number, recovered: boolean): ReadyInfo {
+    const o = this.opts;
+    this.log.info({ device: blockDevPath(this.devId), size: deviceBytes, remote: this.remote, export: o.exportName, recovered }, 'device live');
+    for (const w of this.workers) {
+      void w.exited.then((code) => {
+        if (!this.stopping) {
+          this.log.error({ code }, 'a queue worker exited unexpectedly: stopping the device');
+          this.exitCode = 1;
+          this.doneResolve();
+        }
+      });
+    }
+    return {
+      id: this.devId, device: blockDevPath(this.devId), size: deviceBytes, queues: this.workers.length,
+      depth: o.depth, remote: this.remote, export: o.exportName, pid: process.pid, recovered,
+    };
+  }
+
+  private describe(err: unknown): Error {
+    if (err instanceof DaemonError) return err;
+    if (err instanceof UblkError) {
+      if (err.code === 'UBLK_EXISTS') return new DaemonError(`ublk device ${this.opts.id} already exists`);
+      if (err.code === 'UBLK_NO_DEVICE') return new DaemonError(`no ublk device ${err.devId ?? this.opts.id}`);
+      return new DaemonError(err.message);
+    }
+    return err as Error;
   }
 
   private async teardown(started: boolean): Promise<void> {
@@ -207,3 +325,4 @@ function waitStarted(w: QueueWorker): Promise<void> {
     void w.exited.then((code) => reject(new DaemonError(`queue worker exited (${code}) before starting`)));
   });
 }
+

@@ -14,6 +14,8 @@ export interface DeviceRecord {
   queues: number;
   depth: number;
   maxIoBufBytes: number;
+  timeoutMs?: number;
+  failAfterMs?: number;
   pid: number;
   created: string;
   logFile?: string;

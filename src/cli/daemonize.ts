@@ -1,0 +1,126 @@
+// Running a device daemon: in the foreground (systemd, --foreground), or detached from the
+// command that started it. The detached daemon reports readiness on a pipe (fd 3, named by
+// NETDISK_READY_FD) and logs JSON to /run/netdisk-ublk/<id>.log; the starting command waits
+// for that report, prints the device and exits with the daemon's verdict.
+import { spawn } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { createLogger } from '../log';
+import { DaemonError, DeviceDaemon, type DaemonOptions, type ReadyInfo } from '../device/daemon';
+import { runDir } from '../device/state';
+import { formatSize } from '../size';
+import { CliError } from './errors';
+
+type Report = { ok: true; info: ReadyInfo } | { ok: false; message: string };
+
+function printReady(info: ReadyInfo, json: boolean): void {
+  if (json) process.stdout.write(JSON.stringify(info) + '\n');
+  else process.stdout.write(`${info.device}\n`);
+}
+
+function report(fd: number, r: Report): void {
+  try {
+    fs.writeSync(fd, JSON.stringify(r) + '\n');
+    fs.closeSync(fd);
+  } catch {
+    // the starting command is gone; nothing to tell
+  }
+}
+
+/** Brings the device up with `bringUp`, serves it until SIGTERM/SIGINT, then stops and deletes it. */
+export async function runForeground(
+  command: string, bringUp: (d: DeviceDaemon) => Promise<ReadyInfo>,
+  settings: Omit<DaemonOptions, 'log' | 'logFile'>, json: boolean,
+): Promise<number> {
+  const readyFd = process.env.NETDISK_READY_FD === undefined ? undefined : Number(process.env.NETDISK_READY_FD);
+  const logFile = process.env.NETDISK_LOG_FILE;
+  const log = createLogger('netdisk-ublk');
+  // Keep the daemon out of the OOM killer's way: it is what writes dirty pages back.
+  try {
+    fs.writeFileSync('/proc/self/oom_score_adj', '-1000');
+  } catch {
+    // not root, or not Linux: not fatal
+  }
+  const daemon = new DeviceDaemon({ ...settings, log, ...(logFile ? { logFile } : {}) });
+  let info: ReadyInfo;
+  try {
+    info = await bringUp(daemon);
+  } catch (err) {
+    const msg = err instanceof DaemonError ? err.message : (err as Error).stack ?? String(err);
+    if (readyFd !== undefined) report(readyFd, { ok: false, message: msg });
+    throw new CliError(`${command}: ${msg}`);
+  }
+  if (readyFd !== undefined) {
+    if (logFile) {
+      // The log file was named before the id was known; give it the device's name.
+      try {
+        fs.renameSync(logFile, path.join(path.dirname(logFile), `${info.id}.log`));
+      } catch {
+        // keep the old name
+      }
+    }
+    report(readyFd, { ok: true, info });
+  } else {
+    printReady(info, json);
+  }
+  await new Promise<void>((resolve) => {
+    const onSignal = (sig: string): void => {
+      log.info({ signal: sig }, 'stopping the device');
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve();
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    process.on('SIGHUP', () => log.info('SIGHUP ignored'));
+    void daemon.done.then(resolve);
+  });
+  await daemon.stop();
+  log.info('exiting');
+  return daemon.exitCode;
+}
+
+/** Starts `netdisk-ublk COMMAND ARGV` as a detached daemon and waits for its report. */
+export async function spawnDaemon(command: string, argv: string[], json: boolean): Promise<number> {
+  fs.mkdirSync(runDir(), { recursive: true });
+  const logFile = path.join(runDir(), `daemon-${process.pid}-${Date.now()}.log`);
+  const logFd = fs.openSync(logFile, 'a', 0o640);
+  const script = process.argv[1] as string;
+  const child = spawn(process.execPath, [...process.execArgv, script, command, ...argv], {
+    detached: true,
+    stdio: ['ignore', 'ignore', logFd, 'pipe'],
+    env: { ...process.env, NETDISK_READY_FD: '3', NETDISK_LOG_FILE: logFile, NETDISK_LOG_FORMAT: 'json' },
+  });
+  fs.closeSync(logFd);
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  let text = '';
+  pipe.setEncoding('utf8');
+  pipe.on('data', (s: string) => { text += s; });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve) => {
+    pipe.once('end', resolve);
+    pipe.once('close', resolve);
+  });
+  let r: Report | undefined;
+  try {
+    r = JSON.parse(text.split('\n')[0] ?? '') as Report;
+  } catch {
+    r = undefined;
+  }
+  if (r?.ok) {
+    child.unref();
+    (pipe as unknown as { destroy(): void }).destroy();
+    printReady(r.info, json);
+    if (!json) {
+      process.stderr.write(`netdisk-ublk: ${r.info.device} is live (${formatSize(r.info.size)} from ${r.info.remote}); `
+        + `daemon pid ${r.info.pid}, log ${path.join(runDir(), `${r.info.id}.log`)}\n`);
+    }
+    return 0;
+  }
+  const code = await exited;
+  if (r && !r.ok) {
+    fs.rmSync(logFile, { force: true });
+    throw new CliError(`${command}: ${r.message}`, code && code > 0 ? code : 1);
+  }
+  throw new CliError(`${command}: the daemon exited (code ${code}) before the device was live; see ${logFile}`);
+}

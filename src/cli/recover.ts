@@ -1,0 +1,37 @@
+// netdisk-ublk recover ID [--foreground] [--json]
+//
+// Starts a new daemon for a device whose daemon died (kill -9, crash): it reconnects to the
+// store recorded for the device and resumes the I/O the kernel kept waiting.
+import { readRecord } from '../device/state';
+import { parse, parseHostPort, parseIntArg } from './args';
+import { runForeground, spawnDaemon } from './daemonize';
+import { CliError, UsageError } from './errors';
+
+export const RECOVER_USAGE = `usage: netdisk-ublk recover ID [--remote HOST[:PORT]] [--foreground] [--json]
+  Re-attaches a new daemon to netdisk-ublk device ID after its daemon died; queued I/O resumes.
+  The store, export, queues and depth come from /run/netdisk-ublk/ID.json; --remote overrides
+  the store's address (same export, same size).`;
+
+export async function recover(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv, {
+    remote: { type: 'string', short: 'r' },
+    foreground: { type: 'boolean', short: 'f' },
+    json: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  }, 'recover');
+  if (values.help) {
+    process.stdout.write(RECOVER_USAGE + '\n');
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError(`recover: expected one device ID\n${RECOVER_USAGE}`);
+  const id = parseIntArg(positionals[0], 'device ID', 0, 1_048_575) as number;
+  const json = values.json ?? false;
+  if (!values.foreground && process.env.NETDISK_READY_FD === undefined) return spawnDaemon('recover', argv, json);
+  const rec = readRecord(id);
+  if (!rec) throw new CliError(`recover: no record of device ${id} (looked for it in /run/netdisk-ublk): cannot tell which store it used`);
+  const where = values.remote === undefined ? { host: rec.host, port: rec.port } : parseHostPort(values.remote, '', '--remote');
+  return runForeground('recover', (d) => d.recover(id), {
+    host: where.host, port: where.port, exportName: rec.export, id, queues: rec.queues, depth: rec.depth,
+    maxIoBufBytes: rec.maxIoBufBytes, timeoutMs: rec.timeoutMs ?? 30000, failAfterMs: rec.failAfterMs ?? 180000,
+  }, json);
+}
