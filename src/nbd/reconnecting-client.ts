@@ -193,8 +193,10 @@ export class ReconnectingClient extends EventEmitter {
   }
 
   private checkTimeouts(timeoutTicks: number): void {
+    // A request sent during tick t has waited between (n - 1) and n ticks at tick t + n:
+    // only more than timeoutTicks ticks guarantees the full timeout.
     for (const e of this.entries) {
-      if (e.busy && e.sent && this.tick - e.tick >= timeoutTicks) {
+      if (e.busy && e.sent && this.tick - e.tick > timeoutTicks) {
         this.lost(`no reply within ${this.opts.timeoutMs} ms`);
         return;
       }
