@@ -236,10 +236,10 @@ export class NbdClient extends EventEmitter {
     return this.closing;
   }
 
-  /** Drops the connection now; requests in flight fail with err. */
+  /** Drops the connection now (a reset: see abort()); requests in flight fail with err. */
   destroy(err?: NbdConnectionError): void {
     this.kill(err ?? new NbdConnectionError('client destroyed'));
-    this.sock.destroy();
+    abort(this.sock);
   }
 
   private simple(type: number, flags: number, offset: number, length: number, data: Buffer | null): Promise<void> {
@@ -319,7 +319,7 @@ export class NbdClient extends EventEmitter {
   private protocolError(what: string): void {
     const err = new NbdProtocolError(`server broke the protocol: ${what}`);
     this.kill(new NbdConnectionError(err.message, { cause: err }));
-    this.sock.destroy();
+    abort(this.sock);
   }
 
   private kill(err: NbdConnectionError): void {
@@ -332,6 +332,18 @@ export class NbdClient extends EventEmitter {
     this.emit('idle');
     this.emit('close', err);
   }
+}
+
+/**
+ * Ends an abandoned connection with a reset rather than a FIN. A closed socket's queued
+ * bytes stay in the kernel, which keeps retransmitting them: after a network partition
+ * heals, writes from a connection given up for stalling could reach the store after newer
+ * writes to the same blocks sent over the next connection. A reset discards the queue.
+ */
+function abort(sock: net.Socket): void {
+  if (sock.destroyed) return;
+  if (sock.connecting) sock.destroy(); // nothing was sent yet
+  else sock.resetAndDestroy();
 }
 
 function uncork(c: NbdClient): void {

@@ -11,6 +11,7 @@ import { BAD_ERRNO, CMD, FakeNbdServer, POISON, type Hostile } from '../helpers/
 import { Cleanup, cleanupAfterEach } from '../helpers/procs';
 import { patternBuffer } from '../helpers/images';
 import { HOST } from '../helpers/net';
+import { FaultProxy } from '../helpers/fault-proxy';
 
 const SIZE = 1 << 20;
 const FUA = 1;
@@ -297,4 +298,34 @@ describe('reconnecting client', function () {
     assert.strictEqual(h.events.reconnects.length, 8);
   });
 
+  it('a connection given up in a black hole never delivers its stale writes later, over newer ones', async function () {
+    // In a real partition the kernel keeps retransmitting what an abandoned (closed) socket
+    // still had queued; once the path heals, those bytes may reach the store after the new
+    // connection has written newer data to the same blocks.
+    const store = await FakeNbdServer.start(SIZE);
+    cleanup.add(() => store.close());
+    const proxy = await FaultProxy.start({ port: store.port });
+    cleanup.add(() => proxy.close());
+    const client = await ReconnectingClient.connect({
+      host: HOST, port: proxy.port, timeoutMs: 1000, failAfterMs: 30_000, minBackoffMs: 20, maxBackoffMs: 200,
+    });
+    cleanup.add(() => client.close());
+    const h = new Harness(store, client);
+    await h.readChecked(0, 4096);
+    const stale = Buffer.alloc(4096, 0x5a);
+    const fresh = Buffer.alloc(4096, 0xa5);
+    proxy.blackhole();
+    const lost = waitEvent(client, 'disconnect');
+    const first = h.write(8192, stale);
+    await lost;
+    await new Promise((r) => setTimeout(r, 200)); // the old socket is closed by now
+    const back = waitEvent(client, 'reconnect');
+    proxy.forward({ lateForClosedMs: 1500 });
+    await back;
+    await first;
+    await h.write(8192, fresh);
+    assert.ok(store.disk.subarray(8192, 12288).equals(fresh));
+    await new Promise((r) => setTimeout(r, 2000)); // the late bytes have had their chance
+    assert.ok(store.disk.subarray(8192, 12288).equals(fresh), 'a write from the abandoned connection landed after a newer one');
+  });
 });
