@@ -5,6 +5,8 @@ import * as fs from 'fs';
 import { Done, Store } from './store';
 import { fileOps } from './fileops';
 
+const ZERO_CHUNK_BYTES = 1024 * 1024;
+
 export interface FileStoreOptions {
   /** Create the image if missing, or grow it (sparse) to this size. */
   size?: number;
@@ -130,14 +132,23 @@ export class FileStore implements Store {
     fileOps()[op](this.fd, offset, length).then(
       () => (fua ? this.flush(done) : done(null)),
       (err: NodeJS.ErrnoException) => {
-        if (err.code === 'EOPNOTSUPP' && op === 'punchHole') {
-          // A filesystem without hole punching still gets zeros, written out.
-          this.write([Buffer.alloc(length)], offset, fua, done);
-          return;
-        }
+        // Some filesystems lack hole punching, and tmpfs lacks FALLOC_FL_ZERO_RANGE: the
+        // client is still owed zeros, so write them out.
+        if (err.code === 'EOPNOTSUPP') return this.writeZeros(offset, length, fua, done);
         done(err);
       },
     );
+  }
+
+  /** Writes zeros over the range, one bounded buffer at a time (a request may be 4 GiB). */
+  private writeZeros(offset: number, length: number, fua: boolean, done: Done): void {
+    const zeros = Buffer.alloc(Math.min(length, ZERO_CHUNK_BYTES));
+    const step = (pos: number): void => {
+      if (pos === length) return fua ? this.flush(done) : done(null);
+      const n = Math.min(zeros.length, length - pos);
+      this.write([zeros.subarray(0, n)], offset + pos, false, (err) => (err ? done(err) : step(pos + n)));
+    };
+    step(0);
   }
 }
 

@@ -2,6 +2,8 @@
 // with -P verification and checked in the image file, discard leaving a hole, and write
 // zeroes with and without permission to unmap (qemu sends NBD_CMD_FLAG_NO_HOLE unless -u).
 import * as assert from 'assert';
+import * as fs from 'fs';
+import { NbdClient } from '../../src/nbd/client';
 import { cleanupAfterEach } from '../helpers/procs';
 import { allocatedBytes, isHole, KiB, makeImage, MiB, readAt, tempDir } from '../helpers/images';
 import { qemuIo, requirePeer } from '../helpers/peers';
@@ -15,6 +17,10 @@ async function qio(srv: Served, cmds: string[]): Promise<string> {
   assert.doesNotMatch(out, /verification failed|failed:|error/i, `qemu-io reported a failure:\n${out}`);
   return out;
 }
+
+// A hole punched in the middle of an extent splits it, and the filesystem may allocate a
+// block for the extent tree: allocation can drop by a little less than the hole's size.
+const METADATA_SLACK = 64 * KiB;
 
 function filled(length: number, byte: number): Buffer {
   return Buffer.alloc(length, byte);
@@ -67,7 +73,7 @@ describe('server: qemu-io', function () {
     assert.ok(!(await isHole(image, 2 * MiB, 2 * MiB)), 'the image should start fully allocated');
     await qio(srv, ['discard 2M 2M', 'read -P 0 2M 2M']);
     assert.ok(await isHole(image, 2 * MiB, 2 * MiB), 'no hole where the discard was');
-    assert.ok(allocatedBytes(image) <= before - 2 * MiB, `allocation went from ${before} to ${allocatedBytes(image)}`);
+    assert.ok(allocatedBytes(image) <= before - 2 * MiB + METADATA_SLACK, `allocation went from ${before} to ${allocatedBytes(image)}`);
     assert.deepStrictEqual(readAt(image, 2 * MiB, 2 * MiB), Buffer.alloc(2 * MiB));
     // Only the discarded range changed.
     assert.ok(!(await isHole(image, 0, 2 * MiB)));
@@ -89,10 +95,36 @@ describe('server: qemu-io', function () {
     await qio(srv, ['write -z -u 4M 2M', 'read -P 0 4M 2M']);
     assert.deepStrictEqual(readAt(image, 4 * MiB, 2 * MiB), Buffer.alloc(2 * MiB));
     assert.ok(await isHole(image, 4 * MiB, 2 * MiB), 'write zeroes with unmap allowed left no hole');
-    assert.ok(allocatedBytes(image) <= full - 2 * MiB);
+    assert.ok(allocatedBytes(image) <= full - 2 * MiB + METADATA_SLACK, `allocation went from ${full} to ${allocatedBytes(image)}`);
 
     // An unaligned zero range: partial blocks at both ends are zeroed too.
     await qio(srv, ['write -P 0x99 7M 64k', 'write -z -u 7340033 65534', 'read -P 0x99 7M 1', 'read -P 0 7340033 65534',
       'read -P 0x99 7405567 1']);
+  });
+
+  it('on tmpfs, which has hole punching but no FALLOC_FL_ZERO_RANGE, every zeroing still zeros', async function () {
+    // The kernel's nbd driver sends BLKZEROOUT as WRITE_ZEROES with NO_HOLE and, unlike
+    // qemu, does not fall back to writing zeros itself when the server refuses; the test VM
+    // keeps its images on tmpfs. Our own client, which also does not fall back, stands in.
+    const TMPFS_MAGIC = 0x01021994;
+    assert.strictEqual(fs.statfsSync('/dev/shm').type, TMPFS_MAGIC, '/dev/shm is not a tmpfs here');
+    const dir = fs.mkdtempSync('/dev/shm/netdisk-test-');
+    cleanup.add(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const image = makeImage(dir, 'disk.img', 4 * MiB, 'random');
+    const srv = await serveImage(cleanup, image);
+    const c = await NbdClient.connect({ host: srv.host, port: srv.port });
+    cleanup.add(() => c.destroy());
+    await c.writeZeroes(0, MiB, { noHole: true });
+    await c.writeZeroes(MiB, MiB);
+    await c.trim(2 * MiB, MiB);
+    await c.writeZeroes(3 * MiB, 4097, { noHole: true, fua: true });
+    await c.writeZeroes(3200000, 3, { noHole: true });
+    const zeroed = 3 * MiB + 4097;
+    assert.ok((await c.read(0, zeroed)).equals(Buffer.alloc(zeroed)));
+    assert.ok((await c.read(3200000, 3)).equals(Buffer.alloc(3)));
+    await c.close();
+    assert.ok(readAt(image, 0, zeroed).equals(Buffer.alloc(zeroed)));
+    // qemu's view agrees.
+    await qio(srv, ['read -P 0 0 3M', 'read -P 0 3M 4097', 'read -P 0 3200000 3']);
   });
 });
