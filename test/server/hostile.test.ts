@@ -232,6 +232,24 @@ describe('server: hostile clients', function () {
       assert.ok((await c.read(8)).equals(fs.readFileSync(image).subarray(0, 8)));
     });
 
+    it('zero-length requests get a reply (success or EINVAL) and change nothing', async function () {
+      const c = await raw();
+      await c.handshake('disk');
+      const types = [READ, WRITE, 4 /* TRIM */, 6 /* WRITE_ZEROES */];
+      types.forEach((t, i) => c.write(request(t, { cookie: BigInt(100 + i), offset: 4096, length: 0 })));
+      const seen = new Set<bigint>();
+      for (let i = 0; i < types.length; i++) {
+        const r = await c.simpleReply();
+        assert.strictEqual(r.magic, MAGIC.SIMPLE_REPLY);
+        assert.ok(r.error === 0 || r.error === EINVAL, `error ${r.error} for cookie ${r.cookie}`);
+        assert.ok(r.cookie >= 100n && r.cookie < 104n && !seen.has(r.cookie));
+        seen.add(r.cookie);
+      }
+      c.write(request(READ, { cookie: 8n, offset: 4090, length: 12 }));
+      assert.deepStrictEqual(await c.simpleReply(), { magic: MAGIC.SIMPLE_REPLY, error: 0, cookie: 8n });
+      assert.ok((await c.read(12)).equals(fs.readFileSync(image).subarray(4090, 4102)));
+    });
+
     it('a connection cut after half a request header', async function () {
       const c = await raw();
       await c.handshake('disk');

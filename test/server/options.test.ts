@@ -108,6 +108,20 @@ print(json.dumps(r))
     assert.deepStrictEqual(got, { errs: ['ENOENT', 'ENOENT', 'ENOENT', 'ENOENT'], data: 'hello', size: 5 * MiB, connected: true });
   });
 
+  it('the empty name is the default export, even when the export has a name', async function () {
+    const got = await py<Record<string, unknown>>(named, `
+h.set_opt_mode(True)
+h.set_full_info(True)  # ask for NBD_INFO_NAME
+h.connect_uri(URI)
+h.set_export_name('')
+h.opt_go()
+r = {'size': h.get_size(), 'name': h.get_canonical_export_name()}
+h.shutdown()
+print(json.dumps(r))
+`);
+    assert.deepStrictEqual(got, { size: 5 * MiB, name: 'disk' });
+  });
+
   it('options the server does not support are refused without ending the session', async function () {
     const got = await py<Record<string, unknown>>(named, `
 h.set_opt_mode(True)
