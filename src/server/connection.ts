@@ -8,6 +8,7 @@ import * as C from '../nbd/constants';
 import * as codec from '../nbd/codec';
 import { ByteQueue } from '../nbd/byte-queue';
 import { Logger } from '../log';
+import { isPooledSize, releaseReplyBuffer, takeReplyBuffer } from './reply-buffers';
 import { Store } from './store';
 import { toNbdErrno, validateRequest } from './validate';
 
@@ -63,6 +64,7 @@ export class ServerConnection {
   private inFlight = 0;
   private paused = false;
   private draining = false;
+  private corked = false;
   private readonly maxInFlight: number;
   private readonly log: Logger;
   readonly closed: Promise<void>;
@@ -233,7 +235,7 @@ export class ServerConnection {
     const done = (err: Error | null): void => this.finish(h, err, null);
     switch (h.type) {
       case C.Cmd.READ: {
-        const out = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES + h.length);
+        const out = takeReplyBuffer(C.SIMPLE_REPLY_BYTES + h.length);
         store.read(out, C.SIMPLE_REPLY_BYTES, h.length, h.offset, (err) => this.finish(h, err, out));
         return;
       }
@@ -253,6 +255,7 @@ export class ServerConnection {
     if (err) {
       this.log.warn({ err, cmd: C.CMD_NAMES[h.type], offset: h.offset, length: h.length }, 'store error');
       this.sendError(h, toNbdErrno(err));
+      if (readBuf) releaseReplyBuffer(readBuf);
     } else if (readBuf) {
       codec.writeSimpleReplyHeader(readBuf, 0, 0, h.cookieHi, h.cookieLo);
       this.send(readBuf);
@@ -275,8 +278,25 @@ export class ServerConnection {
     this.send(b);
   }
 
+  /**
+   * Replies of one tick leave in one writev: the socket is corked until the tick's end.
+   * A large read reply's buffer goes back to the pool once the socket has taken it.
+   */
   private send(b: Buffer): void {
-    if (!this.sock.destroyed && !this.sock.writableEnded) this.sock.write(b);
+    if (this.sock.destroyed || this.sock.writableEnded) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      process.nextTick(uncork, this);
+    }
+    if (isPooledSize(b.length)) this.sock.write(b, () => releaseReplyBuffer(b));
+    else this.sock.write(b);
+  }
+
+  /** From nextTick (see send). */
+  flushReplies(): void {
+    this.corked = false;
+    this.sock.uncork();
   }
 
   private endWhenIdle(): void {
@@ -300,4 +320,8 @@ export class ServerConnection {
     this.q.clear();
     this.sock.destroy();
   }
+}
+
+function uncork(c: ServerConnection): void {
+  c.flushReplies();
 }

@@ -1,9 +1,11 @@
 // An image file as an NBD store. All connections share one fd, so a write acknowledged on
 // one connection is visible to every other and one fdatasync covers them all: that is what
-// lets the server advertise NBD_FLAG_CAN_MULTI_CONN.
+// lets the server advertise NBD_FLAG_CAN_MULTI_CONN. The I/O itself is a FileIo engine.
 import * as fs from 'fs';
 import { Done, Store } from './store';
-import { fileOps } from './fileops';
+import { FallocateOp, FileIo } from './file-io';
+import { PoolIo } from './pool-io';
+import { RingIo } from './ring-io';
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 
@@ -11,6 +13,11 @@ export interface FileStoreOptions {
   /** Create the image if missing, or grow it (sparse) to this size. */
   size?: number;
   readOnly?: boolean;
+  /**
+   * How file I/O is done: 'io_uring' (the default where the kernel allows it) or
+   * 'threadpool' (Node's fs). 'auto' picks io_uring and falls back.
+   */
+  io?: 'auto' | 'io_uring' | 'threadpool';
 }
 
 export class FileStoreError extends Error {
@@ -25,8 +32,14 @@ export class FileStore implements Store {
   readonly canZero = true;
   private closed = false;
 
-  private constructor(readonly path: string, private readonly fd: number, readonly size: number, readonly readOnly: boolean) {
+  private constructor(readonly path: string, private readonly fd: number, readonly size: number, readonly readOnly: boolean,
+    private readonly io: FileIo) {
     this.canTrim = !readOnly;
+  }
+
+  /** 'io_uring' or 'threadpool': how this store reaches its file. */
+  get engine(): FileIo['engine'] {
+    return this.io.engine;
   }
 
   static open(path: string, opts: FileStoreOptions = {}): FileStore {
@@ -62,7 +75,7 @@ export class FileStore implements Store {
         }
       }
       if (size === 0) throw new FileStoreError(`image ${path} is empty (give --size to grow it)`, 'EINVAL');
-      return new FileStore(path, fd, size, readOnly);
+      return new FileStore(path, fd, size, readOnly, openIo(fd, opts.io ?? 'auto'));
     } catch (err) {
       fs.closeSync(fd);
       throw err instanceof FileStoreError ? err : describe(err, path);
@@ -70,46 +83,15 @@ export class FileStore implements Store {
   }
 
   read(target: Buffer, targetOffset: number, length: number, offset: number, done: Done): void {
-    const step = (got: number): void => {
-      fs.read(this.fd, target, targetOffset + got, length - got, offset + got, (err, n) => {
-        if (err) return done(err);
-        if (n === 0) {
-          // The file shrank under us: what is past its end reads as zeros, as a hole would.
-          target.fill(0, targetOffset + got, targetOffset + length);
-          return done(null);
-        }
-        if (got + n < length) return step(got + n);
-        done(null);
-      });
-    };
-    if (length === 0) return done(null);
-    step(0);
+    this.io.read(target, targetOffset, length, offset, done);
   }
 
   write(chunks: Buffer[], offset: number, fua: boolean, done: Done): void {
-    const finish = fua ? (err: Error | null) => (err ? done(err) : this.flush(done)) : done;
-    if (chunks.length === 1) {
-      const c = chunks[0] as Buffer;
-      const step = (got: number): void => {
-        fs.write(this.fd, c, got, c.length - got, offset + got, (err, n) => {
-          if (err) return finish(err);
-          if (got + n < c.length) return step(got + n);
-          finish(null);
-        });
-      };
-      return step(0);
-    }
-    fs.writev(this.fd, chunks, offset, (err, n) => {
-      if (err) return finish(err);
-      let total = 0;
-      for (const c of chunks) total += c.length;
-      if (n < total) return this.write(dropBytes(chunks, n), offset + n, fua, done);
-      finish(null);
-    });
+    this.io.write(chunks, offset, fua ? (err) => (err ? done(err) : this.io.fdatasync(done)) : done);
   }
 
   flush(done: Done): void {
-    fs.fdatasync(this.fd, (err) => done(err));
+    this.io.fdatasync(done);
   }
 
   trim(offset: number, length: number, fua: boolean, done: Done): void {
@@ -123,21 +105,20 @@ export class FileStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (!this.readOnly) await new Promise<void>((res) => fs.fdatasync(this.fd, () => res()));
+    if (!this.readOnly) await new Promise<void>((res) => this.io.fdatasync(() => res()));
+    await this.io.close();
     await new Promise<void>((res) => fs.close(this.fd, () => res()));
   }
 
-  private fallocate(op: 'punchHole' | 'zeroRange', offset: number, length: number, fua: boolean, done: Done): void {
+  private fallocate(op: FallocateOp, offset: number, length: number, fua: boolean, done: Done): void {
     if (length === 0) return done(null);
-    fileOps()[op](this.fd, offset, length).then(
-      () => (fua ? this.flush(done) : done(null)),
-      (err: NodeJS.ErrnoException) => {
-        // Some filesystems lack hole punching, and tmpfs lacks FALLOC_FL_ZERO_RANGE: the
-        // client is still owed zeros, so write them out.
-        if (err.code === 'EOPNOTSUPP') return this.writeZeros(offset, length, fua, done);
-        done(err);
-      },
-    );
+    this.io.fallocate(op, offset, length, (err) => {
+      if (!err) return fua ? this.io.fdatasync(done) : done(null);
+      // Some filesystems lack hole punching, and tmpfs lacks FALLOC_FL_ZERO_RANGE: the
+      // client is still owed zeros, so write them out.
+      if ((err as NodeJS.ErrnoException).code === 'EOPNOTSUPP') return this.writeZeros(offset, length, fua, done);
+      done(err);
+    });
   }
 
   /** Writes zeros over the range, one bounded buffer at a time (a request may be 4 GiB). */
@@ -152,17 +133,15 @@ export class FileStore implements Store {
   }
 }
 
-function dropBytes(chunks: Buffer[], n: number): Buffer[] {
-  const out: Buffer[] = [];
-  for (const c of chunks) {
-    if (n >= c.length) {
-      n -= c.length;
-      continue;
-    }
-    out.push(n > 0 ? c.subarray(n) : c);
-    n = 0;
+/** The io_uring engine where the kernel allows it, else (with 'auto') the libuv pool. */
+function openIo(fd: number, want: 'auto' | 'io_uring' | 'threadpool'): FileIo {
+  if (want === 'threadpool') return new PoolIo(fd);
+  try {
+    return new RingIo(fd);
+  } catch (err) {
+    if (want === 'io_uring') throw new FileStoreError(`io_uring is unavailable: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code ?? 'EIO');
+    return new PoolIo(fd);
   }
-  return out;
 }
 
 function describe(err: unknown, path: string): FileStoreError {

@@ -1,0 +1,38 @@
+// File I/O as the file store needs it, with two engines: RingIo (io_uring, ring-io.ts) and,
+// where io_uring is unavailable, PoolIo (Node's fs on the libuv pool, pool-io.ts).
+import { constants as osConstants } from 'os';
+import { Done } from './store';
+
+export type FallocateOp = 'punchHole' | 'zeroRange';
+
+export interface FileIo {
+  readonly engine: 'io_uring' | 'threadpool';
+  /** Reads length bytes at position into target[targetOffset..]; what lies past EOF reads as zeros. */
+  read(target: Buffer, targetOffset: number, length: number, position: number, done: Done): void;
+  /** Writes the chunks back to back at position, completely. */
+  write(chunks: Buffer[], position: number, done: Done): void;
+  /** fdatasync: every write completed before this call becomes durable. */
+  fdatasync(done: Done): void;
+  fallocate(op: FallocateOp, offset: number, length: number, done: Done): void;
+  /** Waits for requests in flight, then releases the engine (not the fd). */
+  close(): Promise<void>;
+}
+
+/** A failed file operation: errno and code as Node's fs reports them. */
+export class FileIoError extends Error implements NodeJS.ErrnoException {
+  constructor(readonly errno: number, readonly code: string, readonly syscall: string) {
+    super(`${syscall}: ${code}`);
+    this.name = 'FileIoError';
+  }
+}
+
+const ERRNO_NAMES = new Map<number, string>();
+for (const [name, value] of Object.entries(osConstants.errno)) {
+  if (!ERRNO_NAMES.has(value)) ERRNO_NAMES.set(value, name);
+}
+// Linux gives ENOTSUP and EOPNOTSUPP one value; the kernel (and the addon) call it EOPNOTSUPP.
+ERRNO_NAMES.set(osConstants.errno.EOPNOTSUPP, 'EOPNOTSUPP');
+
+export function errnoError(errno: number, syscall: string): FileIoError {
+  return new FileIoError(errno, ERRNO_NAMES.get(errno) ?? 'EIO', syscall);
+}
