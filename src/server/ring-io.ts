@@ -19,6 +19,9 @@ import { NativeFileRing, fileOps } from './fileops';
 const RING_ENTRIES = 256;
 // (id, res) pairs handed over per submit or wake-up.
 const RESULT_PAIRS = 1024;
+// Linux's IOV_MAX: a write payload in more chunks than this goes out in several writevs,
+// resumed like a short write.
+const IOV_MAX = 1024;
 
 const enum Kind {
   Read,
@@ -85,7 +88,7 @@ export class RingIo implements FileIo {
       op.chunks = chunks;
       op.length = length;
       op.position = position;
-      this.ring.writev(op.id, chunks, position);
+      this.ring.writev(op.id, chunks.length > IOV_MAX ? chunks.slice(0, IOV_MAX) : chunks, position);
     }
     this.queueSubmit();
   }
@@ -201,6 +204,7 @@ export class RingIo implements FileIo {
       }
       rest.push(skip > 0 ? c.subarray(skip) : c);
       skip = 0;
+      if (rest.length === IOV_MAX) break;
     }
     this.ring.writev(op.id, rest, op.position + op.got);
   }
