@@ -57,9 +57,10 @@ async function main(): Promise<void> {
     log.warn({ downMs: e.downMs, attempts: e.attempts, resent: e.resent }, 'reconnected to the store'));
   client.on('give-up', (e: { reason: string; pending: number }) =>
     log.error({ reason: e.reason, failed: e.pending }, 'store unreachable: requests now fail with EIO (still reconnecting)'));
-  port.on('message', (m: QueueWorkerCommand) => {
+  const onCommand = (m: QueueWorkerCommand): void => {
     if (m.type === 'shutdown') client.shutdown();
-  });
+  };
+  port.on('message', onCommand);
   const svc = new QueueService(
     { devId: d.devId, qid: d.qid, depth: d.depth, maxIoBufBytes: d.maxIoBufBytes, charFd: d.charFd, ioctlEncode: d.ioctlEncode },
     client,
@@ -68,8 +69,14 @@ async function main(): Promise<void> {
   svc.start();
   post({ type: 'started' });
   await svc.stopped;
-  await Promise.race([client.close(), new Promise((r) => setTimeout(r, 5000))]);
-  port.removeAllListeners('message');
+  // Neither the grace timer nor the message listener may outlive the queue: either keeps
+  // this thread alive until the daemon terminates it after 30 s, delaying every `del` and
+  // SIGTERM by that much. removeAllListeners() is not enough: it leaves parentPort
+  // referenced (Node 20); off() with the listener unrefs it.
+  let grace: NodeJS.Timeout | undefined;
+  await Promise.race([client.close(), new Promise((r) => { grace = setTimeout(r, 5000); })]);
+  clearTimeout(grace);
+  port.off('message', onCommand);
   post({ type: 'stopped' });
 }
 
