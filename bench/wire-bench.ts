@@ -10,6 +10,7 @@
 //   npm run bench:wire -- [--seconds 5] [--warmup 1] [--rounds 3] [--size 256M] [--dir /tmp]
 //                         [--servers ours,nbdkit,nbd-server] [--cases randread-4k-qd1,...] [--out FILE | --no-out]
 //                         [--baseline DIR]   (also our server from another built checkout, as "baseline")
+//                         [--pin]            (client on CPU 0, servers on the other CPUs)
 import { ChildProcess, execFileSync, spawn } from 'child_process';
 import { randomFillSync } from 'crypto';
 import * as fs from 'fs';
@@ -73,7 +74,7 @@ function netdisk(name: string, root: string): ServerKind {
       try {
         const rev = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
         // Only what the server runs counts as a modification.
-        const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'addon', 'bin', 'binding.gyp'],
+        const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src/server', 'src/nbd', 'src/cli', 'addon/fileops.cc', 'bin', 'binding.gyp'],
           { cwd: root, encoding: 'utf8' }).trim();
         return `${name}: netdisk-ublk ${rev}${dirty ? ' (modified)' : ''}`;
       } catch {
@@ -82,7 +83,7 @@ function netdisk(name: string, root: string): ServerKind {
     },
     async start(image) {
       const cli = path.join(root, 'bin', 'netdisk-ublk.js');
-      const child = spawn(process.execPath, [cli, 'serve', image, '--listen', '127.0.0.1:0'], {
+      const child = spawn(...pinned(process.execPath, [cli, 'serve', image, '--listen', '127.0.0.1:0']), {
         stdio: ['ignore', 'ignore', 'pipe'],
         env: { ...process.env, NETDISK_LOG_FORMAT: 'json', NETDISK_LOG_LEVEL: 'info' },
       });
@@ -111,7 +112,7 @@ const nbdkit: ServerKind = {
   version: () => firstLine(execFileSync('nbdkit', ['--version'], { encoding: 'utf8' })),
   async start(image) {
     const port = await freePort();
-    const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'file', image], {
+    const child = spawn(...pinned('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'file', image]), {
       stdio: ['ignore', 'ignore', 'inherit'],
     });
     await waitListening(port, child);
@@ -145,7 +146,7 @@ const nbdServer: ServerKind = {
       '',
     ].join('\n'));
     fs.rmSync(pidFile, { force: true });
-    execFileSync('nbd-server', ['-C', conf, '-p', pidFile], { stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync(...pinned('nbd-server', ['-C', conf, '-p', pidFile]), { stdio: ['ignore', 'ignore', 'inherit'] });
     await waitListening(port, null);
     const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
     return {
@@ -162,6 +163,14 @@ const nbdServer: ServerKind = {
     };
   },
 };
+
+// With --pin, the servers run on CPUs 1.. and the client on CPU 0 (see main).
+let serverCpus: string | null = null;
+
+/** The command, under taskset when the servers are pinned (children inherit the mask). */
+function pinned(file: string, args: string[]): [string, string[]] {
+  return serverCpus === null ? [file, args] : ['taskset', ['-c', serverCpus, file, ...args]];
+}
 
 const SERVERS: ServerKind[] = [netdisk('ours', packageRoot()), nbdkit, nbdServer];
 
@@ -271,6 +280,7 @@ async function main(): Promise<void> {
       out: { type: 'string' },
       'no-out': { type: 'boolean', default: false },
       baseline: { type: 'string' },
+      pin: { type: 'boolean', default: false },
     },
   });
   const seconds = Number(values.seconds);
@@ -283,6 +293,15 @@ async function main(): Promise<void> {
   const date = new Date().toISOString().slice(0, 10);
   const outFile = values['no-out'] ? null : values.out ?? path.join(packageRoot(), 'bench', 'results', `wire-${date}.md`);
 
+  if (values.pin) {
+    // Client and server on separate CPUs, as on separate machines. Unpinned, the scheduler
+    // decides per run whether they share a CPU, which moves QD1 latency by a factor of 3 on
+    // a small VM and favours servers with many short-lived threads.
+    const n = os.cpus().length;
+    if (n < 2) throw new Error('--pin needs at least 2 CPUs');
+    serverCpus = n === 2 ? '1' : `1-${n - 1}`;
+    execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
+  }
   const work = fs.mkdtempSync(path.join(values.dir as string, 'wire-bench-'));
   const image = path.join(work, 'image');
   const loadBefore = os.loadavg();
@@ -331,7 +350,8 @@ async function main(): Promise<void> {
         ` 1-min at the start of each round ${loadPerRound.map((l) => l.toFixed(2)).join(', ')}`,
       `- image ${values.size} in ${values.dir} (page-cached, pre-filled with random data), loopback TCP;` +
         ` ${seconds} s per case after ${warmup} s warm-up, ${rounds} rounds, servers alternating; medians over rounds`,
-      `- client: our NbdClient (one connection, pipelined, preallocated buffers), in the benchmark process`,
+      `- client: our NbdClient (one connection, pipelined, preallocated buffers), in the benchmark process; ` +
+        (serverCpus === null ? 'not pinned (the scheduler places client and servers)' : `pinned to CPU 0, servers to CPU ${serverCpus}`),
       '',
       table,
       '',
@@ -346,8 +366,8 @@ async function main(): Promise<void> {
 
 function renderTable(cases: Case[], servers: ServerKind[], results: Map<string, Result[]>): string {
   const lines = [
-    '| case | server | IOPS | MB/s | p50 us | p99 us | IOPS vs nbdkit | p50 vs nbdkit | IOPS per round |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---|',
+    '| case | server | IOPS | MB/s | p50 us | p99 us | IOPS vs nbdkit | p50 vs nbdkit | IOPS per round | p50 us per round |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---|---|',
   ];
   for (const c of cases) {
     const base = results.get(`${c.name}/nbdkit`);
@@ -357,7 +377,7 @@ function renderTable(cases: Case[], servers: ServerKind[], results: Map<string, 
       const b = base ? medians(base) : null;
       lines.push(`| ${c.name} | ${s.name} | ${fmt(m.iops, 0)} | ${fmt(m.mbps, 1)} | ${fmt(m.p50, 1)} | ${fmt(m.p99, 1)} | ` +
         `${b ? (m.iops / b.iops).toFixed(2) + 'x' : '-'} | ${b ? (m.p50 / b.p50).toFixed(2) + 'x' : '-'} | ` +
-        `${rs.map((r) => fmt(r.iops, 0)).join(', ')} |`);
+        `${rs.map((r) => fmt(r.iops, 0)).join(', ')} | ${rs.map((r) => fmt(r.p50, 0)).join(', ')} |`);
     }
   }
   return lines.join('\n');
