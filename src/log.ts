@@ -1,7 +1,6 @@
 // Logging: pino JSON lines on stderr by default (daemons, journald, CI), readable text
 // when stderr is a terminal. NETDISK_LOG_FORMAT=json|pretty and NETDISK_LOG_LEVEL override.
 import pino from 'pino';
-import pretty from 'pino-pretty';
 
 export type Logger = pino.Logger;
 
@@ -11,6 +10,9 @@ export function createLogger(name: string, opts: { level?: string; format?: 'jso
   const format = opts.format ?? (envFormat === 'json' || envFormat === 'pretty' ? envFormat : undefined)
     ?? (process.stderr.isTTY ? 'pretty' : 'json');
   if (format === 'pretty') {
+    // Loaded only here: pino-pretty is most of the modules a command would load, and daemons,
+    // workers and commands whose stderr is not a terminal never use it.
+    const pretty = require('pino-pretty') as typeof import('pino-pretty');
     // Synchronous on purpose: a daemon that dies should not lose its last lines.
     const stream = pretty({ colorize: true, destination: 2, sync: true, ignore: 'pid,hostname' });
     return pino({ name, level }, stream);

@@ -1,6 +1,5 @@
 // Entry point: dispatches to one command per file and turns failures into exit codes.
 import { CliError } from './errors';
-import { serve } from './serve';
 
 const USAGE = `usage: netdisk-ublk COMMAND [OPTIONS]
 commands:
@@ -14,7 +13,7 @@ Run "netdisk-ublk COMMAND --help" for a command's options.`;
 type Command = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, () => Promise<Command>> = {
-  serve: async () => serve,
+  serve: async () => (await import('./serve')).serve,
   add: async () => (await import('./add')).add,
   del: async () => (await import('./del')).del,
   list: async () => (await import('./list')).list,
