@@ -56,6 +56,7 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
     return DefineClass(env, "FileRing",
                        {
                            InstanceMethod<&FileRing::Read>("read"),
+                           InstanceMethod<&FileRing::ReadNowait>("readNowait"),
                            InstanceMethod<&FileRing::Write>("write"),
                            InstanceMethod<&FileRing::Writev>("writev"),
                            InstanceMethod<&FileRing::Fdatasync>("fdatasync"),
@@ -167,6 +168,28 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
     io_uring_prep_read(sqe, sqeFd_, data, length, position);
     sqe->flags |= sqeFlags_;
     return env.Undefined();
+  }
+
+  // readNowait(buf, bufOffset, length, position): preadv2 with RWF_NOWAIT, on this thread.
+  // Returns the bytes read (page-cached data only, so possibly fewer than asked) or -errno:
+  // -EAGAIN when nothing is cached, -EOPNOTSUPP where the filesystem cannot promise not to
+  // block. It never waits for the disk, and a lone read saves the ring round trip.
+  Napi::Value ReadNowait(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) throw Napi::Error::New(env, "ring is closed");
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw Napi::TypeError::New(env, "buf must be a Buffer");
+    Napi::Uint8Array buf = info[0].As<Napi::Uint8Array>();
+    uint64_t off = Position(info[1]);
+    uint64_t len = Position(info[2]);
+    if (off > buf.ByteLength() || len > buf.ByteLength() - off || len > INT32_MAX)
+      throw Napi::RangeError::New(env, "span outside the buffer");
+    iovec iov{buf.Data() + off, static_cast<size_t>(len)};
+    ssize_t n;
+    do {
+      n = preadv2(fd_, &iov, 1, static_cast<off_t>(Position(info[3])), RWF_NOWAIT);
+    } while (n < 0 && errno == EINTR);
+    return Napi::Number::New(env, n < 0 ? -errno : static_cast<double>(n));
   }
 
   // write(id, buf, bufOffset, length, position)

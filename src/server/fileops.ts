@@ -25,6 +25,12 @@ export interface NativeErrnoError extends Error {
 export interface NativeFileRing {
   /** Reads length bytes at position into buf[bufOffset..]. */
   read(id: number, buf: Buffer, bufOffset: number, length: number, position: number): void;
+  /**
+   * preadv2(RWF_NOWAIT) now, on this thread: the bytes read from the page cache (maybe fewer
+   * than length) or -errno (-EAGAIN: not cached; -EOPNOTSUPP: not on this filesystem).
+   * Never waits for the disk. Not a ring request: no id, no result pair.
+   */
+  readNowait(buf: Buffer, bufOffset: number, length: number, position: number): number;
   /** Writes buf[bufOffset .. bufOffset + length) at position. */
   write(id: number, buf: Buffer, bufOffset: number, length: number, position: number): void;
   /** Writes the buffers back to back at position (1 to IOV_MAX of them). */

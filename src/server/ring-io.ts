@@ -22,6 +22,7 @@ const RESULT_PAIRS = 1024;
 // Linux's IOV_MAX: a write payload in more chunks than this goes out in several writevs,
 // resumed like a short write.
 const IOV_MAX = 1024;
+const EOPNOTSUPP = 95;
 
 const enum Kind {
   Read,
@@ -54,6 +55,10 @@ export class RingIo implements FileIo {
   private closed = false;
   private ringClosed = false;
   private onIdle: (() => void) | null = null;
+  private nowait = true;
+  // Requests per io_uring_enter, a moving average; and the count queued for the next one.
+  private batchAvg = 1;
+  private queued = 0;
 
   /** Throws (syscall 'io_uring_setup') where io_uring is unavailable. */
   constructor(fd: number) {
@@ -62,12 +67,27 @@ export class RingIo implements FileIo {
 
   read(target: Buffer, targetOffset: number, length: number, position: number, done: Done): void {
     if (length === 0) return done(null);
+    let got = 0;
+    if (this.nowait && !this.submitQueued && this.batchAvg < 1.5 && !this.closed) {
+      // While batches are single requests (queue depth 1), a read is first tried at once
+      // from the page cache: the reply leaves in the same tick, without the setImmediate
+      // and ring round trip (QD1 p50 29 -> 26 us with client and server on one CPU, 80 ->
+      // 75 us across CPUs). With deeper queues it would add a system call to batches the
+      // ring serves with one (first tried unconditionally: -10 % IOPS at QD32), hence the
+      // running average of the batch size.
+      const n = this.ring.readNowait(target, targetOffset, length, position);
+      if (n === length) return done(null);
+      if (n > 0) got = n;
+      else if (n === -EOPNOTSUPP) this.nowait = false;
+      // Anything else (not cached, EOF, an error) goes through the ring, which reports it.
+    }
     const op = this.op(Kind.Read, 'read', done);
     op.buf = target;
     op.bufOffset = targetOffset;
     op.length = length;
     op.position = position;
-    this.ring.read(op.id, target, targetOffset, length, position);
+    op.got = got;
+    this.ring.read(op.id, target, targetOffset + got, length - got, position + got);
     this.queueSubmit();
   }
 
@@ -135,6 +155,7 @@ export class RingIo implements FileIo {
   }
 
   private queueSubmit(): void {
+    this.queued++;
     if (this.submitQueued) return;
     this.submitQueued = true;
     setImmediate(submitNow, this);
@@ -144,6 +165,8 @@ export class RingIo implements FileIo {
   submit(): void {
     this.submitQueued = false;
     if (this.ringClosed) return;
+    this.batchAvg = 0.75 * this.batchAvg + 0.25 * this.queued;
+    this.queued = 0;
     const n = this.ring.submit();
     if (n > 0) this.deliver(n);
   }

@@ -1,5 +1,6 @@
 // What the NBD server needs from a backing store. Callback style: one request is one call,
-// with no promise allocated on the data path.
+// with no promise allocated on the data path. `done` runs exactly once, possibly before the
+// call returns (a read served straight from the page cache).
 
 export type Done = (err: Error | null) => void;
 
