@@ -6,7 +6,7 @@ import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { createLogger } from '../log';
-import { DaemonError, DeviceDaemon, type DaemonOptions, type ReadyInfo } from '../device/daemon';
+import { DaemonError, DeviceDaemon, checkHost, type DaemonOptions, type ReadyInfo } from '../device/daemon';
 import { runDir } from '../device/state';
 import { formatSize } from '../size';
 import { CliError } from './errors';
@@ -82,6 +82,13 @@ export async function runForeground(
 
 /** Starts `netdisk-ublk COMMAND ARGV` as a detached daemon and waits for its report. */
 export async function spawnDaemon(command: string, argv: string[], json: boolean): Promise<number> {
+  // The daemon checks too, but its log file lives in a root-only directory: without this a
+  // user who is not root would get EACCES and a stack trace instead of the reason.
+  try {
+    checkHost();
+  } catch (err) {
+    throw new CliError(`${command}: ${(err as Error).message}`);
+  }
   fs.mkdirSync(runDir(), { recursive: true });
   const logFile = path.join(runDir(), `daemon-${process.pid}-${Date.now()}.log`);
   const logFd = fs.openSync(logFile, 'a', 0o640);

@@ -190,12 +190,7 @@ export class DeviceDaemon {
   }
 
   private async preflight(): Promise<void> {
-    if (!fs.existsSync('/dev/ublk-control')) {
-      throw new DaemonError('this kernel has no ublk driver (/dev/ublk-control is missing): load it with "modprobe ublk_drv" (CONFIG_BLK_DEV_UBLK)');
-    }
-    if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-      throw new DaemonError('must run as root: creating ublk devices needs CAP_SYS_ADMIN');
-    }
+    checkHost();
     try {
       this.ctrl = await UblkCtrl.open();
     } catch (err) {
@@ -307,6 +302,19 @@ export class DeviceDaemon {
     const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
     worker.on('error', (err) => this.log.error({ err, q: data.qid }, 'queue worker crashed'));
     return { worker, exited };
+  }
+}
+
+/**
+ * Whether this process can create ublk devices at all: the driver is loaded and we are
+ * root. Throws a DaemonError that tells the user what to do.
+ */
+export function checkHost(): void {
+  if (!fs.existsSync('/dev/ublk-control')) {
+    throw new DaemonError('this kernel has no ublk driver (/dev/ublk-control is missing): load it with "modprobe ublk_drv" (CONFIG_BLK_DEV_UBLK)');
+  }
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    throw new DaemonError('must run as root: creating ublk devices needs CAP_SYS_ADMIN');
   }
 }
 
