@@ -207,11 +207,11 @@ export class FaultProxy {
     if (pair.closed || this.mode === 'blackhole' || pair.lateUntil > Date.now()) return;
     const srv = pair.server;
     if (srv === null || !srv.connected) return;
-    this.move(pair, pair.client, srv, true);
-    this.move(pair, srv, pair.client, false);
+    this.move(pair.client, srv, true);
+    this.move(srv, pair.client, false);
   }
 
-  private move(pair: Pair, from: Side, to: Side, up: boolean): void {
+  private move(from: Side, to: Side, up: boolean): void {
     while (from.held.length > 0) {
       const b = from.held.shift() as Buffer;
       if (up) this.stats.up += b.length;
