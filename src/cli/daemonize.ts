@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { createLogger } from '../log';
 import { DaemonError, DeviceDaemon, checkHost, type DaemonOptions, type ReadyInfo } from '../device/daemon';
-import { runDir } from '../device/state';
+import { readRecord, runDir, writeRecord } from '../device/state';
 import { formatSize } from '../size';
 import { CliError } from './errors';
 
@@ -52,9 +52,13 @@ export async function runForeground(
   }
   if (readyFd !== undefined) {
     if (logFile) {
-      // The log file was named before the id was known; give it the device's name.
+      // The log file was named before the id was known; give it the device's name, and
+      // point the state record (written under the old name) at it.
+      const named = path.join(path.dirname(logFile), `${info.id}.log`);
       try {
-        fs.renameSync(logFile, path.join(path.dirname(logFile), `${info.id}.log`));
+        fs.renameSync(logFile, named);
+        const rec = readRecord(info.id);
+        if (rec) writeRecord({ ...rec, logFile: named });
       } catch {
         // keep the old name
       }
