@@ -8,6 +8,7 @@ commands:
   del ID | --all
   list [--json]
   recover ID [--remote HOST[:PORT]]
+  bench [--quick] [--runs N] [--seconds S] [--stores serve,nbdkit] [--cases LIST] [--queues N] ...
 Run "netdisk-ublk COMMAND --help" for a command's options.`;
 
 type Command = (argv: string[]) => Promise<number>;
@@ -18,6 +19,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   del: async () => (await import('./del')).del,
   list: async () => (await import('./list')).list,
   recover: async () => (await import('./recover')).recover,
+  bench: async () => (await import('./bench')).bench,
 };
 
 export async function run(argv: string[]): Promise<number> {

@@ -1,0 +1,138 @@
+// The two block devices under test, attached to the same store: netdisk-ublk's /dev/ublkbN
+// (through the CLI, as a user would) and the kernel nbd driver's /dev/nbdN (through
+// nbd-client). Both get the `none` scheduler, so neither is measured through a different
+// elevator.
+import * as fs from 'fs';
+import * as path from 'path';
+import { run, runOk, sleep } from './procs';
+
+export type ClientKind = 'ublk' | 'nbd';
+
+export const CLIENT_TITLE: Record<ClientKind, string> = {
+  ublk: 'netdisk-ublk',
+  nbd: 'kernel nbd',
+};
+
+/** What the block layer says about a device: the settings that shape a comparison. */
+export interface QueueSettings {
+  logicalBlock: number;
+  maxSectorsKb: number;
+  nrRequests: number;
+  hwQueues: number;
+  scheduler: string;
+  writeCache: string;
+}
+
+export interface AttachedDevice {
+  kind: ClientKind;
+  path: string;
+  settings: QueueSettings;
+  /** How it was attached, for the report. */
+  command: string;
+  detach(): Promise<void>;
+}
+
+/** Options for `netdisk-ublk add`; unset ones take add's defaults. */
+export interface UblkSettings {
+  queues?: number;
+  depth?: number;
+  maxIoBytes?: number;
+}
+
+export interface NbdSettings {
+  connections: number;
+  blockSize: number;
+}
+
+export async function attachUblk(cli: string, host: string, port: number, s: UblkSettings): Promise<AttachedDevice> {
+  const args = ['add', '--remote', `${host}:${port}`,
+    ...(s.queues !== undefined ? ['--queues', String(s.queues)] : []),
+    ...(s.depth !== undefined ? ['--depth', String(s.depth)] : []),
+    ...(s.maxIoBytes !== undefined ? ['--max-io', String(s.maxIoBytes)] : []),
+    '--json'];
+  const out = await runOk(process.execPath, [cli, ...args]);
+  const info = JSON.parse(out.trim().split('\n')[0] ?? '{}') as { id: number; device: string };
+  const dev = info.device;
+  await setScheduler(dev);
+  return {
+    kind: 'ublk',
+    path: dev,
+    settings: readSettings(dev),
+    command: `netdisk-ublk ${args.join(' ').replace(`${host}:${port}`, `${host}:PORT`)}`,
+    async detach() {
+      await runOk(process.execPath, [cli, 'del', String(info.id)]);
+    },
+  };
+}
+
+export async function attachNbd(host: string, port: number, s: NbdSettings): Promise<AttachedDevice> {
+  if (!fs.existsSync('/sys/block/nbd0')) await run('modprobe', ['nbd']);
+  const dev = freeNbd();
+  const args = [host, String(port), dev, '-N', '', '-b', String(s.blockSize), ...(s.connections > 1 ? ['-C', String(s.connections)] : [])];
+  await runOk('nbd-client', args);
+  const name = path.basename(dev);
+  const deadline = Date.now() + 10000;
+  while (Number(readSys(name, 'size') || '0') === 0) {
+    if (Date.now() > deadline) throw new Error(`${dev} has no size 10 s after nbd-client connected it`);
+    await sleep(50);
+  }
+  await setScheduler(dev);
+  return {
+    kind: 'nbd',
+    path: dev,
+    settings: readSettings(dev),
+    command: `nbd-client ${args.map((a) => (a === '' ? "''" : a)).join(' ').replace(` ${port} `, ' PORT ')}`,
+    async detach() {
+      await runOk('nbd-client', ['-d', dev]);
+    },
+  };
+}
+
+function freeNbd(): string {
+  for (let i = 0; fs.existsSync(`/sys/block/nbd${i}`); i++) {
+    // A connected nbd device has a pid file (the netlink owner) or a non-zero size.
+    if (!fs.existsSync(`/sys/block/nbd${i}/pid`) && Number(readSys(`nbd${i}`, 'size') || '0') === 0) return `/dev/nbd${i}`;
+  }
+  throw new Error('no free /dev/nbdN (is the nbd module loaded?)');
+}
+
+function readSys(name: string, rel: string): string {
+  try {
+    return fs.readFileSync(`/sys/block/${name}/${rel}`, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+async function setScheduler(dev: string): Promise<void> {
+  const file = `/sys/block/${path.basename(dev)}/queue/scheduler`;
+  // udev may still be settling the new disk; retry briefly.
+  for (let i = 0; ; i++) {
+    try {
+      fs.writeFileSync(file, 'none');
+      return;
+    } catch (err) {
+      if (i >= 20) throw new Error(`cannot set the scheduler of ${dev}: ${(err as Error).message}`);
+      await sleep(100);
+    }
+  }
+}
+
+export function readSettings(dev: string): QueueSettings {
+  const name = path.basename(dev);
+  let hwQueues = 0;
+  try {
+    hwQueues = fs.readdirSync(`/sys/block/${name}/mq`).length;
+  } catch {
+    // not blk-mq
+  }
+  const sched = /\[(\S+)\]/.exec(readSys(name, 'queue/scheduler'));
+  return {
+    logicalBlock: Number(readSys(name, 'queue/logical_block_size')),
+    maxSectorsKb: Number(readSys(name, 'queue/max_sectors_kb')),
+    nrRequests: Number(readSys(name, 'queue/nr_requests')),
+    hwQueues,
+    scheduler: sched?.[1] ?? readSys(name, 'queue/scheduler'),
+    writeCache: readSys(name, 'queue/write_cache'),
+  };
+}

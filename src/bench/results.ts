@@ -1,0 +1,67 @@
+// The data of one benchmark run, as written to results/*.json and read by the reports.
+import type { Metric } from './cases';
+import type { ClientKind, QueueSettings } from './devices';
+import type { Sample } from './fio';
+import type { StoreKind } from './stores';
+import type { TsPathResult } from './ts-path';
+
+export interface DeviceInfo {
+  command: string;
+  path: string;
+  settings: QueueSettings;
+}
+
+export interface StoreRun {
+  store: StoreKind;
+  command: string;
+  devices: Partial<Record<ClientKind, DeviceInfo>>;
+  /** samples[caseId][client] = one Sample per run, in run order. */
+  samples: Record<string, Partial<Record<ClientKind, Sample[]>>>;
+}
+
+export interface Environment {
+  date: string;
+  command: string;
+  kernel: string;
+  inVm: boolean;
+  cpu: string;
+  cpus: number;
+  versions: Record<string, string>;
+  /** 1-minute load average where the benchmark ran, at start and end. */
+  load: { start: number[]; end: number[] };
+  /** The machine that started the VM, when the benchmark ran in one. */
+  host?: HostInfo;
+}
+
+export interface HostInfo {
+  kernel: string;
+  cpu: string;
+  cpus: number;
+  loadBefore: number[];
+  loadAfter?: number[];
+}
+
+export interface BenchSettings {
+  cases: string[];
+  runs: number;
+  warmupSeconds: number;
+  seconds: number;
+  rampSeconds: number;
+  sizeBytes: number;
+  /** As given to bench; undefined: `add`'s default (the devices' settings show the values). */
+  queues?: number;
+  depth?: number;
+  maxIoBytes?: number;
+  nbdConnections: number;
+  nbdBlockSize: number;
+}
+
+export interface BenchResults {
+  env: Environment;
+  settings: BenchSettings;
+  stores: StoreRun[];
+  /** The TypeScript part of the ublk path measured natively (CPU per request), when measured. */
+  tsPath?: { where: string; server: string; results: TsPathResult[] };
+}
+
+export type { Metric };

@@ -1,0 +1,143 @@
+// Runs the benchmark on this kernel: per store, both devices attached to it at once, then
+// every case `runs` times with the devices taking turns, so that drift (a neighbour's load,
+// the host's frequency, the store's page cache) hits both.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { packageRoot } from '../package-root';
+import type { BenchCase } from './cases';
+import { attachNbd, attachUblk, type AttachedDevice, type ClientKind, type NbdSettings, type UblkSettings } from './devices';
+import { runFio, type FioOptions } from './fio';
+import type { BenchResults, BenchSettings, Environment, HostInfo, StoreRun } from './results';
+import { startStore, STORE_TITLE, type StoreKind } from './stores';
+import { run, runOk, versionOf } from './procs';
+
+export interface RunOptions {
+  stores: StoreKind[];
+  cases: BenchCase[];
+  runs: number;
+  fio: FioOptions;
+  /** Unrecorded seconds of every case on both devices before the runs (JIT warm-up). */
+  warmupSeconds: number;
+  sizeBytes: number;
+  /** Where `serve` keeps its image. */
+  dir: string;
+  /** bin/netdisk-ublk.js */
+  cli: string;
+  ublk: UblkSettings;
+  nbd: NbdSettings;
+  command: string;
+  host?: HostInfo;
+  log(msg: string): void;
+}
+
+/** What this kernel lacks for the benchmark, or null when it has everything. */
+export async function missingPrerequisites(): Promise<string | null> {
+  if (!fs.existsSync('/dev/ublk-control')) return 'this kernel has no ublk (/dev/ublk-control)';
+  if (!fs.existsSync('/sys/block/nbd0') && (await run('modprobe', ['nbd'])).code !== 0) return 'this kernel has no nbd driver';
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'bench must run as root (ublk devices, nbd-client)';
+  for (const [cmd, args] of [['fio', ['--version']], ['nbd-client', ['--version']], ['nbdkit', ['--version']]] as const) {
+    if ((await versionOf(cmd, [...args])) === 'not installed') return `${cmd} is not installed`;
+  }
+  return null;
+}
+
+export async function environment(command: string, host: HostInfo | undefined): Promise<Environment> {
+  const cpu = os.cpus()[0]?.model.trim() ?? 'unknown';
+  const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot(), 'package.json'), 'utf8')) as { version: string };
+  let commit = '';
+  try {
+    commit = (await runOk('git', ['-C', packageRoot(), 'rev-parse', '--short', 'HEAD'])).trim();
+  } catch {
+    // not a checkout
+  }
+  return {
+    date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+    command,
+    kernel: os.release(),
+    inVm: process.env.NETDISK_IN_VM === '1',
+    cpu,
+    cpus: os.cpus().length,
+    versions: {
+      'netdisk-ublk': `${pkg.version}${commit ? ` (${commit})` : ''}`,
+      node: process.version,
+      fio: await versionOf('fio', ['--version']),
+      'nbd-client': (await versionOf('nbd-client', ['--version'])).replace(/^.*nbd /, ''),
+      nbdkit: (await versionOf('nbdkit', ['--version'])).replace(/^nbdkit /, ''),
+    },
+    load: { start: os.loadavg(), end: [] },
+    ...(host ? { host } : {}),
+  };
+}
+
+async function prefill(dev: AttachedDevice, o: RunOptions): Promise<void> {
+  // Every block written once, so reads hit data rather than holes (a hole is cheaper to
+  // read from both stores).
+  await runOk('fio', ['--name=prefill', `--filename=${dev.path}`, '--ioengine=libaio', '--direct=1', '--rw=write',
+    '--bs=1M', '--iodepth=8', `--size=${o.sizeBytes}`]);
+}
+
+export async function runBench(o: RunOptions): Promise<BenchResults> {
+  const env = await environment(o.command, o.host);
+  const settings: BenchSettings = {
+    cases: o.cases.map((c) => c.id),
+    runs: o.runs,
+    warmupSeconds: o.warmupSeconds,
+    seconds: o.fio.seconds,
+    rampSeconds: o.fio.rampSeconds,
+    sizeBytes: o.sizeBytes,
+    ...o.ublk,
+    nbdConnections: o.nbd.connections,
+    nbdBlockSize: o.nbd.blockSize,
+  };
+  const stores: StoreRun[] = [];
+  for (const kind of o.stores) {
+    o.log(`store ${STORE_TITLE[kind]}: starting`);
+    const store = await startStore(kind, { sizeBytes: o.sizeBytes, dir: o.dir, cli: o.cli });
+    const devs: Partial<Record<ClientKind, AttachedDevice>> = {};
+    try {
+      devs.ublk = await attachUblk(o.cli, store.host, store.port, o.ublk);
+      devs.nbd = await attachNbd(store.host, store.port, o.nbd);
+      o.log(`  ${devs.ublk.path} and ${devs.nbd.path} attached; filling the store`);
+      await prefill(devs.ublk, o);
+      if (o.warmupSeconds > 0) {
+        // The daemon's JavaScript runs interpreted until V8 has compiled its hot paths;
+        // under an emulated CPU that takes tens of seconds, so no run may start cold.
+        const per = Math.max(1, Math.round(o.warmupSeconds / o.cases.length));
+        o.log(`  warming up: ${per} s of every case on both devices`);
+        for (const c of o.cases) {
+          for (const k of ['ublk', 'nbd'] as ClientKind[]) await runFio((devs[k] as AttachedDevice).path, c, { seconds: per, rampSeconds: 0 });
+        }
+      }
+      const runRec: StoreRun = { store: kind, command: store.command, devices: {}, samples: {} };
+      for (const k of ['ublk', 'nbd'] as ClientKind[]) {
+        const d = devs[k] as AttachedDevice;
+        runRec.devices[k] = { command: d.command, path: d.path, settings: d.settings };
+      }
+      const clients: ClientKind[] = ['ublk', 'nbd'];
+      let turn = 0;
+      for (let r = 0; r < o.runs; r++) {
+        for (const c of o.cases) {
+          const order = turn++ % 2 === 0 ? clients : [...clients].reverse();
+          for (const k of order) {
+            const d = devs[k] as AttachedDevice;
+            const s = await runFio(d.path, c, o.fio);
+            const per = (runRec.samples[c.id] ??= {});
+            (per[k] ??= []).push(s);
+            o.log(`  run ${r + 1}/${o.runs} ${c.id.padEnd(17)} ${k.padEnd(4)} ` +
+              (c.depth === 1 ? `p50 ${s.p50.toFixed(0)} us, ` : '') +
+              (c.blockBytes > 65536 ? `${s.mbps.toFixed(1)} MB/s` : `${Math.round(s.iops)} IOPS`));
+          }
+        }
+      }
+      stores.push(runRec);
+    } finally {
+      for (const d of [devs.ublk, devs.nbd]) {
+        if (d) await d.detach().catch((err: unknown) => o.log(`  detaching ${d.path}: ${(err as Error).message}`));
+      }
+      await store.stop();
+    }
+  }
+  env.load.end = os.loadavg();
+  return { env, settings, stores };
+}

@@ -1,0 +1,237 @@
+// netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--stores LIST] [--cases LIST]
+//                    [--queues N] [--depth N] [--max-io SIZE] [--nbd-connections N] [--nbd-block-size N]
+//                    [--size SIZE] [--dir DIR] [--out DIR | --no-out] [--no-ts-path]
+//
+// Latency and throughput of netdisk-ublk's /dev/ublkbN against the kernel nbd client's
+// /dev/nbdN, both attached to one and the same store. Where this kernel has no ublk (or no
+// nbd), the device part runs in the project's test VM (test/vm/run.sh), as scripts/demo.sh does.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { spawn } from 'child_process';
+import { CASES, findCases } from '../bench/cases';
+import { renderChart } from '../bench/chart';
+import { renderMarkdown, renderTables, targetLines } from '../bench/report';
+import type { BenchResults, HostInfo } from '../bench/results';
+import { missingPrerequisites, runBench } from '../bench/run';
+import { STORE_TITLE, type StoreKind } from '../bench/stores';
+import { measureTsPathSuite, type TsPathReport } from '../bench/ts-path';
+import { packageRoot } from '../package-root';
+import { parseSize } from '../size';
+import { parse, parseIntArg } from './args';
+import { CliError, UsageError } from './errors';
+
+export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--warmup S]
+                          [--stores serve,nbdkit] [--cases ID,...] [--queues N] [--depth N] [--max-io SIZE]
+                          [--nbd-connections N] [--nbd-block-size N] [--size SIZE] [--dir DIR]
+                          [--out DIR | --no-out] [--no-ts-path]
+  Measures netdisk-ublk's /dev/ublkbN against the kernel nbd client's /dev/nbdN (nbd-client),
+  both attached to the same store: \`netdisk-ublk serve\` (an image in --dir), then \`nbdkit memory\`.
+  fio (libaio, direct I/O, total latency) runs every case --runs times, the devices taking turns.
+  Writes a Markdown table, an SVG chart and the raw numbers (JSON) to --out and prints the table.
+  Needs root, ublk_drv, nbd, fio, nbd-client and nbdkit; without ublk here it runs in the test VM.
+  --quick              one run of 3 s per case (a check, not a result)
+  --runs N             runs of every case (default 3)
+  --seconds S          measured seconds per case (default 8), after --ramp S (default 1)
+  --warmup S           unrecorded seconds spread over all cases on both devices first
+                       (default 30 in the test VM, whose emulated CPU makes JIT warm-up slow; 3 natively)
+  --stores LIST        serve, nbdkit or both (default serve,nbdkit)
+  --cases LIST         ${CASES.map((c) => c.id).join(', ')}
+  --queues N, --depth N, --max-io SIZE
+                       passed to \`netdisk-ublk add\` (default: add's defaults)
+  --nbd-connections N  nbd-client -C (default: as many as ublk queues)
+  --nbd-block-size N   nbd-client -b (default 512, the logical block netdisk-ublk gets from both stores)
+  --size SIZE          store size (default 256M)
+  --dir DIR            where \`serve\` keeps its image (default: the temporary directory)
+  --out DIR            results directory (default: bench/results in the package)
+  --no-ts-path         skip the native measurement of the TypeScript part`;
+
+const VM_TIMEOUT_SEC = 3600;
+
+export async function bench(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv, {
+    quick: { type: 'boolean' },
+    runs: { type: 'string' },
+    seconds: { type: 'string' },
+    ramp: { type: 'string' },
+    warmup: { type: 'string' },
+    stores: { type: 'string' },
+    cases: { type: 'string' },
+    queues: { type: 'string', short: 'q' },
+    depth: { type: 'string', short: 'd' },
+    'max-io': { type: 'string' },
+    'nbd-connections': { type: 'string' },
+    'nbd-block-size': { type: 'string' },
+    size: { type: 'string' },
+    dir: { type: 'string' },
+    out: { type: 'string' },
+    'no-out': { type: 'boolean' },
+    'no-ts-path': { type: 'boolean' },
+    // Set by the host side when it re-runs bench in the VM: the results' file stem.
+    stem: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  }, 'bench');
+  if (values.help) {
+    process.stdout.write(BENCH_USAGE + '\n');
+    return 0;
+  }
+  if (positionals.length > 0) throw new UsageError(`bench: unexpected argument "${positionals[0]}"\n${BENCH_USAGE}`);
+  const quick = values.quick ?? false;
+  const runs = parseIntArg(values.runs, '--runs', 1, 100) ?? (quick ? 1 : 3);
+  const seconds = parseIntArg(values.seconds, '--seconds', 1, 3600) ?? (quick ? 3 : 8);
+  const ramp = parseIntArg(values.ramp, '--ramp', 0, 600) ?? 1;
+  // V8 needs ~25 s to compile the daemon's hot paths under the VM's emulated CPU (measured
+  // with the TS-path harness in the VM); natively a few seconds are plenty.
+  const warmup = parseIntArg(values.warmup, '--warmup', 0, 3600) ?? (process.env.NETDISK_IN_VM === '1' ? (quick ? 12 : 30) : 3);
+  const stores = (values.stores ?? 'serve,nbdkit').split(',').map((s) => s.trim()).filter((s) => s !== '');
+  for (const s of stores) if (!(s in STORE_TITLE)) throw new UsageError(`bench: unknown store "${s}" (serve, nbdkit)`);
+  let cases;
+  try {
+    cases = values.cases ? findCases(values.cases.split(',').map((s) => s.trim())) : [...CASES];
+  } catch (err) {
+    throw new UsageError(`bench: ${(err as Error).message}`);
+  }
+  const queues = parseIntArg(values.queues, '--queues', 1, 64);
+  const depth = parseIntArg(values.depth, '--depth', 1, 4096);
+  let maxIo: number | undefined;
+  if (values['max-io'] !== undefined) {
+    try {
+      maxIo = parseSize(values['max-io']);
+    } catch (err) {
+      throw new UsageError(`bench: --max-io: ${(err as Error).message}`);
+    }
+  }
+  const nbdConnections = parseIntArg(values['nbd-connections'], '--nbd-connections', 1, 64) ?? queues ?? 1;
+  const nbdBlockSize = parseIntArg(values['nbd-block-size'], '--nbd-block-size', 512, 4096) ?? 512;
+  if (![512, 1024, 2048, 4096].includes(nbdBlockSize)) throw new UsageError('bench: --nbd-block-size must be 512, 1024, 2048 or 4096');
+  let sizeBytes = 256 * 2 ** 20;
+  if (values.size !== undefined) {
+    try {
+      sizeBytes = parseSize(values.size);
+    } catch (err) {
+      throw new UsageError(`bench: --size: ${(err as Error).message}`);
+    }
+  }
+  const outDir = values['no-out'] ? undefined : path.resolve(values.out ?? path.join(packageRoot(), 'bench', 'results'));
+  const command = ['netdisk-ublk bench', ...argv.map(shellQuote)].join(' ');
+  const stem = values.stem ?? resultStem();
+  const log = (m: string): void => void process.stderr.write(m + '\n');
+
+  const missing = await missingPrerequisites();
+  const inVm = process.env.NETDISK_IN_VM === '1';
+  if (missing !== null) {
+    if (inVm || fs.existsSync('/dev/ublk-control')) throw new CliError(`bench: ${missing}`);
+    return benchInVm(argv, { stem, outDir, tsPath: !values['no-ts-path'], reason: missing, log });
+  }
+
+  let tsPath: TsPathReport | undefined;
+  const hostEnv = process.env.NETDISK_BENCH_HOST;
+  const host = hostEnv ? (JSON.parse(hostEnv) as HostSide) : undefined;
+  if (host?.tsPath) tsPath = host.tsPath;
+  else if (!values['no-ts-path']) {
+    log('bench: measuring the TypeScript part against nbdkit memory');
+    tsPath = await measureTsPathSuite({ seconds: 1, slices: quick ? 3 : 7, where: `natively, ${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()})` });
+  }
+  const res: BenchResults = await runBench({
+    stores: stores as StoreKind[],
+    cases,
+    runs,
+    fio: { seconds, rampSeconds: ramp },
+    warmupSeconds: warmup,
+    sizeBytes,
+    dir: values.dir ?? os.tmpdir(),
+    cli: path.join(packageRoot(), 'bin', 'netdisk-ublk.js'),
+    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIo ? { maxIoBytes: maxIo } : {}) },
+    nbd: { connections: nbdConnections, blockSize: nbdBlockSize },
+    command: host?.command ?? command,
+    ...(host ? { host: { kernel: host.kernel, cpu: host.cpu, cpus: host.cpus, loadBefore: host.loadBefore } } : {}),
+    log,
+  });
+  if (tsPath) res.tsPath = tsPath;
+  process.stdout.write(`\n${renderTables(res)}\nTargets:\n${targetLines(res).join('\n')}\n`);
+  if (outDir) {
+    const files = writeResults(res, outDir, stem);
+    process.stdout.write(`\nwrote ${files.join(', ')}\n`);
+  }
+  return 0;
+}
+
+function resultStem(): string {
+  const d = new Date();
+  const p = (n: number): string => String(n).padStart(2, '0');
+  const where = process.env.NETDISK_IN_VM === '1' ? 'vm' : fs.existsSync('/dev/ublk-control') ? 'native' : 'vm';
+  return `${d.getUTCFullYear()}-${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())}-${p(d.getUTCHours())}${p(d.getUTCMinutes())}-${where}`;
+}
+
+export function writeResults(res: BenchResults, outDir: string, stem: string): string[] {
+  fs.mkdirSync(outDir, { recursive: true });
+  const json = path.join(outDir, `${stem}.json`);
+  const svg = path.join(outDir, `${stem}.svg`);
+  const md = path.join(outDir, `${stem}.md`);
+  fs.writeFileSync(json, JSON.stringify(res, null, 1) + '\n');
+  fs.writeFileSync(svg, renderChart(res));
+  fs.writeFileSync(md, renderMarkdown(res, path.basename(svg)));
+  return [md, svg, json];
+}
+
+/** What the host side hands to the VM side. */
+interface HostSide extends HostInfo {
+  command: string;
+  tsPath?: TsPathReport;
+}
+
+interface VmRun {
+  stem: string;
+  outDir: string | undefined;
+  tsPath: boolean;
+  reason: string;
+  log(m: string): void;
+}
+
+function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./:=,+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** The host side: measure the TS part here, run the device part in the test VM, finish the files. */
+async function benchInVm(argv: string[], o: VmRun): Promise<number> {
+  const runSh = path.join(packageRoot(), 'test', 'vm', 'run.sh');
+  if (!fs.existsSync(runSh)) {
+    throw new CliError(`bench: ${o.reason}; run it on a kernel with ublk_drv and nbd (the test VM, test/vm/run.sh, comes with the repository)`);
+  }
+  o.log(`bench: ${o.reason}; the devices are measured in the test VM (${path.relative(process.cwd(), runSh) || runSh}), whose output appears when it ends`);
+  const host: HostSide = {
+    command: ['netdisk-ublk bench', ...argv.map(shellQuote)].join(' '),
+    kernel: os.release(),
+    cpu: os.cpus()[0]?.model.trim() ?? 'unknown',
+    cpus: os.cpus().length,
+    loadBefore: os.loadavg(),
+  };
+  if (o.tsPath) {
+    o.log('bench: measuring the TypeScript part natively against nbdkit memory');
+    try {
+      host.tsPath = await measureTsPathSuite({ seconds: 1, slices: argv.includes('--quick') ? 3 : 7, where: `natively on the host (${host.cpus} CPUs, ${host.cpu})` });
+    } catch (err) {
+      o.log(`bench: the native measurement failed, going on without it: ${(err as Error).message}`);
+    }
+  }
+  const inner = ['node', path.join(packageRoot(), 'bin', 'netdisk-ublk.js'), 'bench', ...argv, '--stem', o.stem, '--no-ts-path'];
+  const args = ['--timeout', String(VM_TIMEOUT_SEC), '--env', `NETDISK_BENCH_HOST=${JSON.stringify(host)}`];
+  if (o.outDir && !o.outDir.startsWith(packageRoot() + path.sep)) args.push('--share', o.outDir);
+  args.push('--', ...inner.map(shellQuote));
+  const code = await new Promise<number>((resolve, reject) => {
+    const child = spawn(runSh, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+    child.on('error', reject);
+    child.on('close', (c) => resolve(c ?? 1));
+  });
+  if (code !== 0) return code;
+  if (o.outDir) {
+    // The host's load after the run completes the record; the VM could not see it.
+    const json = path.join(o.outDir, `${o.stem}.json`);
+    if (fs.existsSync(json)) {
+      const res = JSON.parse(fs.readFileSync(json, 'utf8')) as BenchResults;
+      if (res.env.host) res.env.host.loadAfter = os.loadavg();
+      writeResults(res, o.outDir, o.stem);
+    }
+  }
+  return 0;
+}
