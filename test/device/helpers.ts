@@ -269,7 +269,7 @@ export function isZero(b: Buffer): boolean {
 // ---------------------------------------------------------------- kernel log
 
 /** Kernel log lines that mean something went wrong. */
-export const BAD_KERNEL_LOG = /WARNING|BUG|Oops|Call Trace|[Ee]rror|blocked for more than|hung_task|not properly unmounted|corrupt/;
+export const BAD_KERNEL_LOG = /WARNING|BUG|Oops|Call Trace|[Ee]rror|blocked for more than|hung_task|not properly unmounted|corrupt|(ublk|nbd).*fail/;
 
 /**
  * Marks the kernel log (a line written to /dev/kmsg) so that later only the lines logged
