@@ -21,6 +21,7 @@ async function main(): Promise<number> {
       clients: { type: 'string' },
       faults: { type: 'string' },
       'hang-after': { type: 'string' },
+      repeat: { type: 'string' },
     },
   });
   const clients = (values.clients?.split(',') ?? ALL_CLIENTS) as ClientKind[];
@@ -28,18 +29,21 @@ async function main(): Promise<number> {
   for (const c of clients) if (!ALL_CLIENTS.includes(c)) throw new Error(`unknown client ${c} (${ALL_CLIENTS.join(', ')})`);
   for (const f of faults) if (!ALL_FAULTS.includes(f)) throw new Error(`unknown fault ${f} (${ALL_FAULTS.join(', ')})`);
   const hangAfterMs = Number(values['hang-after'] ?? 60) * 1000;
+  const repeat = Number(values.repeat ?? 1);
   const out = (s: string): void => { process.stdout.write(s + '\n'); };
   const results: Observation[] = [];
   let nbdIndex = 0;
   const began = Date.now();
   for (const f of faults) {
     for (const c of clients) {
-      const t = Date.now();
-      const o = await runScenario(c, f, { nbdIndex: c === 'ublk' ? 0 : nbdIndex++, hangAfterMs, log: out });
-      results.push(o);
-      out(`\n### ${FAULT_TITLES[f]}: ${CLIENT_TITLES[c]}${o.settings ? ` ${o.settings}` : ''} (${((Date.now() - t) / 1000).toFixed(0)} s)`);
-      out(`    ${summary(o)}`);
-      if (o.applicable) {
+      for (let round = 1; round <= repeat; round++) {
+        const t = Date.now();
+        const o = await runScenario(c, f, { nbdIndex: c === 'ublk' ? 0 : nbdIndex++ % 16, hangAfterMs, log: out });
+        results.push(o);
+        const which = repeat > 1 ? `, run ${round} of ${repeat}` : '';
+        out(`\n### ${FAULT_TITLES[f]}: ${CLIENT_TITLES[c]}${o.settings ? ` ${o.settings}` : ''} (${((Date.now() - t) / 1000).toFixed(0)} s${which})`);
+        out(`    ${summary(o)}`);
+        if (!o.applicable) break; // the same answer every time
         out(o.timeline.text('    '));
         if (o.kernelNotes.length > 0) out(`    kernel log (first lines):\n${o.kernelNotes.map((l) => `      ${l}`).join('\n')}`);
         if (o.ioErrors > 0) out(`    kernel I/O error lines: ${o.ioErrors}`);
@@ -51,8 +55,18 @@ async function main(): Promise<number> {
   out(`|---|${clients.map(() => '---').join('|')}|`);
   for (const f of faults) {
     const cells = clients.map((c) => {
-      const o = results.find((r) => r.client === c && r.fault === f) as Observation;
-      return summary(o).replace(/\|/g, '\\|');
+      // Runs that saw the same thing are counted together; differing runs are all listed.
+      const seen = new Map<string, number>();
+      for (const o of results.filter((r) => r.client === c && r.fault === f)) {
+        const key = summary(o).replace(/\d+ s/g, 'N s');
+        seen.set(key, (seen.get(key) ?? 0) + 1);
+      }
+      const runs = results.filter((r) => r.client === c && r.fault === f);
+      const cell = [...seen.entries()].map(([key, n]) => {
+        const example = summary(runs.find((o) => summary(o).replace(/\d+ s/g, 'N s') === key) as Observation);
+        return runs.length > 1 && runs[0]?.applicable ? `${n} of ${runs.length} runs: ${example}` : example;
+      });
+      return cell.join('<br>').replace(/\|/g, '\\|');
     });
     out(`| ${FAULT_TITLES[f]} | ${cells.join(' | ')} |`);
   }

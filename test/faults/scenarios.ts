@@ -57,6 +57,8 @@ export interface Observation {
   errorAfterMs?: number;
   /** From the start of the fault until fio made progress again (undefined: it never did). */
   pauseMs?: number;
+  /** From the store's kill until it listened again (store-restart). */
+  storeDownMs?: number;
   mountAtEnd: 'rw' | 'ro' | 'unmounted';
   fsErrors: string[];
   ioErrors: number;
@@ -190,7 +192,8 @@ export async function runScenario(client: ClientKind, fault: FaultKind, o: Scena
         tl.mark('store killed (kill -9)');
         await sleep(5000);
         await store.restart();
-        tl.mark('store restarted');
+        obs.storeDownMs = Date.now() - faultAt;
+        tl.mark('store restarted (listening again)');
         break;
       case 'blackhole':
       case 'blackhole-timeout':
@@ -237,7 +240,7 @@ export async function runScenario(client: ClientKind, fault: FaultKind, o: Scena
       }
       await sleep(500);
     }
-    const out = await Promise.race([fio.done, sleep(30_000).then(() => undefined)]);
+    const out = await Promise.race([fio.done, sleep(10_000).then(() => undefined)]);
     if (out) {
       obs.fio = out;
       tl.mark(`fio ended: exit ${out.code}, error ${out.error}, ${mib(out.written)} written, ${mib(out.verified)} verified`);
@@ -296,15 +299,15 @@ export function summary(o: Observation): string {
   if (o.why && !o.fio && !o.fioHung) return o.why;
   const parts: string[] = [];
   const f = o.fio;
-  if (o.fioHung) parts.push('**hangs**: fio makes no progress (killed after a minute)');
-  else if (f && f.code === 0 && f.verified === FIO_BYTES) {
-    parts.push(`no errors: I/O waits ${((o.pauseMs ?? 0) / 1000).toFixed(0)} s, then fio verifies every block`);
-  }
-  else if (f) parts.push(`**I/O errors**: fio fails (${errnoName(f.error)}) ${o.errorAfterMs !== undefined ? `${(o.errorAfterMs / 1000).toFixed(0)} s after the fault` : ''}`.trim());
-  if (o.fsErrors.length > 0) parts.push(o.fsErrors.some((l) => /read-only|Aborting journal|shut ?down/i.test(l)) ? 'ext4 aborts its journal, goes read-only' : 'ext4 logs errors');
-  else if (o.mountAtEnd === 'rw') parts.push('ext4 stays mounted read-write');
-  if (o.umount !== 'ok') parts.push(`umount ${o.umount}`);
-  parts.push(o.detach.startsWith('ok') ? 'device removed' : `removing the device ${o.detach}`);
+  const down = o.storeDownMs === undefined ? '' : ` (store down ${(o.storeDownMs / 1000).toFixed(0)} s)`;
+  if (o.fioHung) parts.push(`**hangs**: a request never completes, fio is stuck (unkillable) until \`${o.client === 'ublk' ? 'del' : 'nbd-client -d'}\``);
+  else if (f && f.code === 0 && f.verified === FIO_BYTES) parts.push(`no errors: I/O paused ${((o.pauseMs ?? 0) / 1000).toFixed(0)} s${down}, fio verified every block`);
+  else if (f) parts.push(`**${errnoName(f.error)}** ${o.errorAfterMs !== undefined ? `${(o.errorAfterMs / 1000).toFixed(0)} s after the fault` : ''}${down}`.trim());
+  if (o.fsErrors.some((l) => /read-only|Aborting journal|shut ?down/i.test(l))) parts.push('ext4 journal aborted (read-only)');
+  else if (o.fsErrors.length > 0) parts.push('ext4 errors');
+  else if (o.mountAtEnd === 'rw') parts.push('ext4 fine');
+  if (o.umount !== 'ok') parts.push(o.umount.includes('busy') ? 'umount: busy' : `umount ${o.umount}`);
+  if (!o.detach.startsWith('ok')) parts.push(`removing the device ${o.detach}`);
   parts.push(`fsck ${o.fsck}`);
   return parts.join('; ');
 }
