@@ -9,9 +9,9 @@
 // A black hole holds bytes rather than dropping them: in a real partition TCP keeps
 // unacknowledged data and retransmits it when the path heals, so a connection that
 // survives the partition sees every byte, in order, late. A client that gives up on a
-// connection meanwhile closes it; the bytes it had sent before are still delivered to the
-// store when the hole closes, followed by the end of the connection, as an orphaned TCP
-// socket would do.
+// connection meanwhile and closes it (FIN) still has its bytes delivered to the store when
+// the hole closes, followed by the end of the connection, as an orphaned TCP socket would
+// do; one that resets it (RST) loses them, as its socket is gone.
 import * as net from 'net';
 import { HOST } from './net';
 
