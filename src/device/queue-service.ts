@@ -67,9 +67,9 @@ export class QueueService {
         return;
       }
       case N.Cmd.WRITE: {
-        const len = q.length(tag);
         // A view of the tag's buffer, not a copy: the kernel keeps the data there until commit.
-        this.client.submit(cmd, flags, q.offset(tag), len, q.buffer(tag).subarray(0, len), null, 0, tag, this.onDone);
+        const data = q.data(tag);
+        this.client.submit(cmd, flags, q.offset(tag), data.length, data, null, 0, tag, this.onDone);
         return;
       }
       case N.Cmd.FLUSH:
