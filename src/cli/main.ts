@@ -37,7 +37,9 @@ export async function run(argv: string[]): Promise<number> {
     return await (await load())(rest);
   } catch (err) {
     if (err instanceof CliError) {
-      process.stderr.write(`netdisk-ublk ${err.message}\n`);
+      // Messages name their command ("add: ..."); shared parsers' do not, so name it here.
+      const msg = err.message.startsWith(`${name}:`) ? err.message : `${name}: ${err.message}`;
+      process.stderr.write(`netdisk-ublk ${msg}\n`);
       return err.exitCode;
     }
     process.stderr.write(`netdisk-ublk: ${(err as Error).stack ?? String(err)}\n`);

@@ -1,0 +1,42 @@
+// `add` refuses bad arguments before it touches the driver or the network: exit 2, one line
+// that names the command and the option, no stack trace, and no state left behind.
+import * as assert from 'assert';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { CLI, run } from '../device/helpers';
+
+describe('cli: add with bad arguments', function () {
+  this.timeout(120_000);
+  let runDir = '';
+  let env: NodeJS.ProcessEnv = {};
+
+  beforeEach(() => {
+    runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'netdisk-run-'));
+    env = { ...process.env, NETDISK_RUN_DIR: runDir };
+  });
+  afterEach(() => fs.rmSync(runDir, { recursive: true, force: true }));
+
+  const cases: Array<[string[], RegExp]> = [
+    [['--remote', 'h:1', '--queues', '99'], /^netdisk-ublk add: --queues must be between 1 and 64, not 99$/m],
+    [['--remote', 'h:1', '--queues', '0'], /^netdisk-ublk add: --queues must be between 1 and 64, not 0$/m],
+    [['--remote', 'h:1', '--depth', 'abc'], /^netdisk-ublk add: --depth must be a whole number, not "abc"$/m],
+    [['--remote', 'h:1', '--timeout=-5'], /^netdisk-ublk add: --timeout must be a whole number, not "-5"$/m],
+    [['--remote', 'h:1', '--max-io', '3x'], /^netdisk-ublk add: --max-io: /m],
+    [['--remote', 'h:99999'], /^netdisk-ublk add: .*invalid port "99999"/m],
+    [['--queues', '2'], /^netdisk-ublk add: --remote HOST\[:PORT\] is required/m],
+    [['--remote', 'h:1', 'extra'], /^netdisk-ublk add: unexpected argument "extra"/m],
+    [['--remote', 'h:1', '--bogus'], /^netdisk-ublk add: Unknown option '--bogus'/m],
+  ];
+  for (const [args, message] of cases) {
+    it(`add ${args.join(' ')}`, async () => {
+      const r = await run(process.execPath, [CLI, 'add', ...args], { env, timeoutMs: 60_000 });
+      assert.ok(!r.timedOut, 'add hung');
+      assert.strictEqual(r.code, 2, `exit code (stderr: ${r.stderr})`);
+      assert.strictEqual(r.stdout, '');
+      assert.match(r.stderr, message);
+      assert.doesNotMatch(r.stderr, /^\s+at /m, 'a stack trace instead of a message');
+      assert.deepStrictEqual(fs.readdirSync(runDir), []);
+    });
+  }
+});
