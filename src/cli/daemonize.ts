@@ -56,6 +56,9 @@ export async function runForeground(
       // point the state record (written under the old name) at it.
       const named = path.join(path.dirname(logFile), `${info.id}.log`);
       try {
+        // A daemon that re-attaches (recover, add --id) would replace the log of the one
+        // before it, which is what says why that one died: keep it as ID.log.1.
+        if (fs.existsSync(named)) fs.renameSync(named, `${named}.1`);
         fs.renameSync(logFile, named);
         const rec = readRecord(info.id);
         if (rec) writeRecord({ ...rec, logFile: named });
