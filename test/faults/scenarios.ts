@@ -95,6 +95,10 @@ async function attachUblk(port: number, extra: string[]): Promise<Attached> {
       const r = await cli(['recover', String(d.id), '--json'], { timeoutMs: 120_000 });
       if (r.code !== 0) return false;
       pid = (JSON.parse(r.stdout.trim().split('\n').pop() as string) as { pid: number }).pid;
+      // The killed daemon's log is what tells why it died: the new one must not replace it.
+      const before = path.join(process.env['NETDISK_RUN_DIR'] ?? '/run/netdisk-ublk', `${d.id}.log.1`);
+      if (!fs.readFileSync(before, 'utf8').includes('"device live"'))
+        throw new Error(`${before} does not hold the killed daemon's log`);
       return true;
     },
     detach: () => cli(['del', String(d.id)], { timeoutMs: 120_000 }),
