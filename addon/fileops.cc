@@ -177,17 +177,14 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
   Napi::Value ReadNowait(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed_) throw Napi::Error::New(env, "ring is closed");
-    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-      throw Napi::TypeError::New(env, "buf must be a Buffer");
-    Napi::Uint8Array buf = info[0].As<Napi::Uint8Array>();
-    uint64_t off = Position(info[1]);
-    uint64_t len = Position(info[2]);
-    if (off > buf.ByteLength() || len > buf.ByteLength() - off || len > INT32_MAX)
-      throw Napi::RangeError::New(env, "span outside the buffer");
-    iovec iov{buf.Data() + off, static_cast<size_t>(len)};
+    uint8_t* data;
+    uint32_t length;
+    uint64_t position;
+    BufferSpan(info, 0, &data, &length, &position);
+    iovec iov{data, length};
     ssize_t n;
     do {
-      n = preadv2(fd_, &iov, 1, static_cast<off_t>(Position(info[3])), RWF_NOWAIT);
+      n = preadv2(fd_, &iov, 1, static_cast<off_t>(position), RWF_NOWAIT);
     } while (n < 0 && errno == EINTR);
     return Napi::Number::New(env, n < 0 ? -errno : static_cast<double>(n));
   }
@@ -319,18 +316,25 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
 
   // (id, buf, bufOffset, length, position) with the span checked against the buffer.
   void Span(const Napi::CallbackInfo& info, uint32_t* id, uint8_t** data, uint32_t* length, uint64_t* position) {
-    Napi::Env env = info.Env();
     *id = Id(info);
-    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    BufferSpan(info, 1, data, length, position);
+  }
+
+  // (buf, bufOffset, length, position) from info[first...]: the bytes of buf to use, checked
+  // to lie inside it, and the file position.
+  static void BufferSpan(const Napi::CallbackInfo& info, size_t first, uint8_t** data, uint32_t* length,
+                         uint64_t* position) {
+    Napi::Env env = info.Env();
+    if (!info[first].IsTypedArray() || info[first].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
       throw Napi::TypeError::New(env, "buf must be a Buffer");
-    Napi::Uint8Array buf = info[1].As<Napi::Uint8Array>();
-    uint64_t off = Position(info[2]);
-    uint64_t len = Position(info[3]);
+    Napi::Uint8Array buf = info[first].As<Napi::Uint8Array>();
+    uint64_t off = Position(info[first + 1]);
+    uint64_t len = Position(info[first + 2]);
     if (off > buf.ByteLength() || len > buf.ByteLength() - off || len > INT32_MAX)
       throw Napi::RangeError::New(env, "span outside the buffer");
     *data = buf.Data() + off;
     *length = static_cast<uint32_t>(len);
-    *position = Position(info[4]);
+    *position = Position(info[first + 3]);
   }
 
   // A free SQE tagged with id. A full SQ is submitted first: its completions are reaped

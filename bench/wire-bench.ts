@@ -24,6 +24,7 @@ import { NbdClient } from '../src/nbd/client';
 import { NbdError } from '../src/nbd/errors';
 import { packageRoot } from '../src/package-root';
 import { parseSize } from '../src/size';
+import { pidAlive } from '../src/device/state';
 
 interface Case {
   name: string;
@@ -158,7 +159,7 @@ const nbdServer: ServerKind = {
         } catch {
           // already gone
         }
-        for (let i = 0; i < 50 && alive(pid); i++) await sleep(20);
+        for (let i = 0; i < 50 && pidAlive(pid); i++) await sleep(20);
       },
     };
   },
@@ -472,15 +473,6 @@ async function stopChild(child: ChildProcess): Promise<void> {
   const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
   await exited;
   clearTimeout(timer);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function execFileSyncAll(file: string, args: string[]): string {

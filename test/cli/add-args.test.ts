@@ -2,20 +2,11 @@
 // that names the command and the option, no stack trace, and no state left behind.
 import * as assert from 'assert';
 import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
-import { CLI, run } from '../device/helpers';
+import { CLI, privateRunDir, run } from '../device/helpers';
 
 describe('cli: add with bad arguments', function () {
   this.timeout(120_000);
-  let runDir = '';
-  let env: NodeJS.ProcessEnv = {};
-
-  beforeEach(() => {
-    runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'netdisk-run-'));
-    env = { ...process.env, NETDISK_RUN_DIR: runDir };
-  });
-  afterEach(() => fs.rmSync(runDir, { recursive: true, force: true }));
+  const runDir = privateRunDir();
 
   const cases: Array<[string[], RegExp]> = [
     [['--remote', 'h:1', '--queues', '99'], /^netdisk-ublk add: --queues must be between 1 and 64, not 99$/m],
@@ -30,13 +21,13 @@ describe('cli: add with bad arguments', function () {
   ];
   for (const [args, message] of cases) {
     it(`add ${args.join(' ')}`, async () => {
-      const r = await run(process.execPath, [CLI, 'add', ...args], { env, timeoutMs: 60_000 });
+      const r = await run(process.execPath, [CLI, 'add', ...args], { env: runDir().env, timeoutMs: 60_000 });
       assert.ok(!r.timedOut, 'add hung');
       assert.strictEqual(r.code, 2, `exit code (stderr: ${r.stderr})`);
       assert.strictEqual(r.stdout, '');
       assert.match(r.stderr, message);
       assert.doesNotMatch(r.stderr, /^\s+at /m, 'a stack trace instead of a message');
-      assert.deepStrictEqual(fs.readdirSync(runDir), []);
+      assert.deepStrictEqual(fs.readdirSync(runDir().dir), []);
     });
   }
 });

@@ -4,25 +4,15 @@
 // fail for the reason that applies there (the closed port, or not being root).
 import * as assert from 'assert';
 import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
-import { CLI, HOST, freePort, run } from '../device/helpers';
+import { CLI, HOST, freePort, privateRunDir, run } from '../device/helpers';
 
 describe('cli: add without the ublk driver', function () {
   this.timeout(120_000);
-  let runDir = '';
-  let env: NodeJS.ProcessEnv = {};
-
-  beforeEach(() => {
-    // A private run directory: the test must not touch the host's /run/netdisk-ublk.
-    runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'netdisk-run-'));
-    env = { ...process.env, NETDISK_RUN_DIR: runDir };
-  });
-  afterEach(() => fs.rmSync(runDir, { recursive: true, force: true }));
+  const runDir = privateRunDir();
 
   it('exits 1 with a message that names the driver, and leaves nothing behind', async () => {
     const port = await freePort();
-    const r = await run(process.execPath, [CLI, 'add', '--remote', `${HOST}:${port}`], { env, timeoutMs: 60_000 });
+    const r = await run(process.execPath, [CLI, 'add', '--remote', `${HOST}:${port}`], { env: runDir().env, timeoutMs: 60_000 });
     assert.ok(!r.timedOut, 'add hung');
     assert.strictEqual(r.code, 1, `exit code (stderr: ${r.stderr})`);
     assert.strictEqual(r.stdout, '');
@@ -35,13 +25,13 @@ describe('cli: add without the ublk driver', function () {
       assert.match(r.stderr, /connection refused|root/);
     }
     // No state record and no log of a daemon that never served.
-    assert.deepStrictEqual(fs.readdirSync(runDir), []);
+    assert.deepStrictEqual(fs.readdirSync(runDir().dir), []);
   });
 
   it('list still works (records only) and shows nothing', async function () {
     // With the driver present, list also shows the kernel's devices, which this test does not own.
     if (fs.existsSync('/dev/ublk-control')) this.skip();
-    const r = await run(process.execPath, [CLI, 'list', '--json'], { env, timeoutMs: 60_000 });
+    const r = await run(process.execPath, [CLI, 'list', '--json'], { env: runDir().env, timeoutMs: 60_000 });
     assert.strictEqual(r.code, 0, r.stderr);
     assert.deepStrictEqual(JSON.parse(r.stdout), []);
   });

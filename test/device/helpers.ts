@@ -12,10 +12,16 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
+import type { ReadyInfo } from '../../src/device/daemon';
+import type { DeviceView } from '../../src/device/inventory';
+import { pidAlive } from '../../src/device/state';
+import { readAt } from '../helpers/images';
+import { HOST, freePort } from '../helpers/net';
 import { repoRoot } from '../helpers/vm';
 
+export { HOST, freePort, pidAlive, readAt };
+
 export const MiB = 1024 * 1024;
-export const HOST = '127.0.0.1';
 
 export const CLI = path.join(repoRoot(), 'bin', 'netdisk-ublk.js');
 export const RUN_DIR = '/run/netdisk-ublk';
@@ -158,35 +164,10 @@ export async function waitFor(what: string, cond: () => boolean | Promise<boolea
   }
 }
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 // ---------------------------------------------------------------- files
 
 export function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
-}
-
-export function readAt(file: string, offset: number, length: number): Buffer {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    let got = 0;
-    while (got < length) {
-      const n = fs.readSync(fd, b, got, length - got, offset + got);
-      if (n === 0) break;
-      got += n;
-    }
-    return b.subarray(0, got);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 export function writeAt(file: string, offset: number, data: Buffer): void {
@@ -308,32 +289,28 @@ export async function assertKernelLogClean(tag: string, allow?: RegExp): Promise
 
 // ---------------------------------------------------------------- devices
 
+/**
+ * A private run directory (NETDISK_RUN_DIR) for each test of the calling suite, so a CLI
+ * test never touches the host's /run/netdisk-ublk. Returns the current one and its env.
+ */
+export function privateRunDir(): () => { dir: string; env: NodeJS.ProcessEnv } {
+  let cur = { dir: '', env: {} as NodeJS.ProcessEnv };
+  beforeEach(() => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'netdisk-run-'));
+    cur = { dir, env: { ...process.env, NETDISK_RUN_DIR: dir } };
+  });
+  afterEach(() => fs.rmSync(cur.dir, { recursive: true, force: true }));
+  return () => cur;
+}
+
 /** A pino JSON log line of the server or a daemon. */
 export type LogLine = { level: number; msg: string; [k: string]: unknown };
 
-export interface DeviceInfo {
-  id: number;
-  device: string;
-  size: number;
-  queues: number;
-  depth: number;
-  remote: string;
-  export: string;
-  pid: number;
-}
+/** What `add --json` and `recover --json` print. */
+export type DeviceInfo = ReadyInfo;
 
-export interface ListEntry {
-  id: number;
-  device: string;
-  remote: string | null;
-  export: string | null;
-  size: number | null;
-  queues: number | null;
-  depth: number | null;
-  pid: number | null;
-  state: string;
-  daemonAlive: boolean;
-}
+/** One entry of `list --json`. */
+export type ListEntry = DeviceView;
 
 /** ublk nodes in /dev (ublk-control, ublkbN, ublkcN). */
 export function ublkNodes(): string[] {
@@ -561,18 +538,6 @@ export function deviceSuite(): () => DeviceEnv {
     if (!env) throw new Error('no device environment outside a test');
     return env;
   };
-}
-
-/** A port nothing listens on (bound, then released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen({ host: HOST, port: 0, exclusive: true }, () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** A TCP server in this process on 127.0.0.1 that does `onConnection` to each client. */

@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Child, Cleanup, run, RunResult, runOk, spawnChild } from './procs';
 import { freePort, HOST, waitForPort } from './net';
+import { pidAlive } from '../../src/device/state';
 
 // nbd-client and friends live in sbin, which a non-root PATH may lack.
 const EXTRA_DIRS = ['/usr/sbin', '/sbin'];
@@ -128,15 +129,6 @@ process.on('exit', () => {
   }
 });
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * nbd-server exporting `image` as `name` with flush, FUA and trim on. It always
  * daemonizes (its -d mode serves one client, then exits), so it is found through its
@@ -186,12 +178,12 @@ export async function startNbdServer(cleanup: Cleanup, dir: string, image: strin
           // gone
         }
       }
-      for (let i = 0; i < 500 && alive(pid); i++) await new Promise((res) => setTimeout(res, 10));
+      for (let i = 0; i < 500 && pidAlive(pid); i++) await new Promise((res) => setTimeout(res, 10));
       daemons.delete(pid);
     });
     // The pid file can appear before the listening socket does.
     try {
-      await waitForPort(port, { get done() { return !alive(pid); }, stderr: () => r.stderr }, 'nbd-server');
+      await waitForPort(port, { get done() { return !pidAlive(pid); }, stderr: () => r.stderr }, 'nbd-server');
       return peer(port, name);
     } catch (err) {
       last = err;
