@@ -16,6 +16,16 @@ import {
 
 export const MiB = 1024 * 1024;
 
+// The workload every fault scenario shares (the CI tests and the reliability table alike).
+/** The store's size. */
+export const STORE_SIZE = '64M';
+/** fio writes this much through the device, then verifies it. */
+export const FIO_BYTES = 32 * MiB;
+/** A floor on fio's write phase, so that the fault always lands in the middle of it. */
+export const FIO_RATE = '3m';
+/** The fault starts once fio has written this much. */
+export const FAULT_AT = 6 * MiB;
+
 // ---------------------------------------------------------------- timeline
 
 /** Timestamped events of one scenario, printed as seconds since its start. */

@@ -10,16 +10,10 @@ import {
 } from '../device/helpers';
 import { FaultProxy } from '../helpers/fault-proxy';
 import {
-  FaultEnv, MiB, Timeline, addDevice, daemonLog, expectingKernelErrors, markDaemonLog, markFioProgress, mib, mounted,
+  FAULT_AT, FIO_BYTES, FIO_RATE, FaultEnv, STORE_SIZE, Timeline, addDevice, daemonLog, expectingKernelErrors, markDaemonLog, markFioProgress, mib, mounted,
   sleep, startFio, umountDelFsck,
 } from './helpers';
 
-const STORE = '64M';
-const FIO_BYTES = 32 * MiB;
-// A floor on fio's write phase, so that the fault always lands in the middle of it.
-const FIO_RATE = '3m';
-// The fault starts once fio has written this much.
-const FAULT_AT = 6 * MiB;
 
 function show(title: string, tl: Timeline): void {
   process.stdout.write(`      ${title}\n${tl.text('        ')}\n`);
@@ -52,7 +46,7 @@ describe('faults: store, network and daemon failures under fio (real kernel)', f
   it('the store killed (-9) mid-write and restarted 5 s later: fio finishes and verifies, e2fsck is clean', async function () {
     const e = env as FaultEnv;
     const tl = new Timeline();
-    const store = await e.store(STORE);
+    const store = await e.store(STORE_SIZE);
     const dev = await addDevice(store.port);
     const mnt = await e.mkfsMount(dev.device);
     const fio = startFio(path.join(mnt, 'fio.dat'), { size: FIO_BYTES, rate: FIO_RATE, timeoutMs: 400_000 });
@@ -85,7 +79,7 @@ describe('faults: store, network and daemon failures under fio (real kernel)', f
   it('the network black-holed for 10 s (with --timeout 3: the stalled connection is replaced): no errors, e2fsck is clean', async function () {
     const e = env as FaultEnv;
     const tl = new Timeline();
-    const store = await e.store(STORE);
+    const store = await e.store(STORE_SIZE);
     const proxy = await FaultProxy.start({ port: store.port });
     e.defer('close the proxy', () => proxy.close());
     const dev = await addDevice(proxy.port, ['--timeout', '3']);
@@ -118,7 +112,7 @@ describe('faults: store, network and daemon failures under fio (real kernel)', f
     const e = env as FaultEnv;
     const tl = new Timeline();
     const failAfterS = 5;
-    const store = await e.store(STORE);
+    const store = await e.store(STORE_SIZE);
     const dev = await addDevice(store.port, ['--timeout', '3', '--fail-after', String(failAfterS)]);
     // The raw device: the errors go straight to fio, with no filesystem deciding what to do.
     const fio = startFio(dev.device, { size: FIO_BYTES, rate: FIO_RATE, timeoutMs: 120_000 });
@@ -163,7 +157,7 @@ describe('faults: store, network and daemon failures under fio (real kernel)', f
   it('the daemon killed (-9) mid-fio, then `recover`: fio finishes and verifies, the filesystem stays mounted, e2fsck is clean', async function () {
     const e = env as FaultEnv;
     const tl = new Timeline();
-    const store = await e.store(STORE);
+    const store = await e.store(STORE_SIZE);
     const dev = await addDevice(store.port);
     const mnt = await e.mkfsMount(dev.device);
     const fio = startFio(path.join(mnt, 'fio.dat'), { size: FIO_BYTES, rate: FIO_RATE, timeoutMs: 400_000 });

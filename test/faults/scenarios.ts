@@ -11,7 +11,7 @@ import {
 } from '../device/helpers';
 import { FaultProxy } from '../helpers/fault-proxy';
 import {
-  FaultEnv, MiB, Timeline, addDevice, markDaemonLog, markFioProgress, mib, mounted, startFio,
+  FAULT_AT, FIO_BYTES, FIO_RATE, FaultEnv, STORE_SIZE, Timeline, addDevice, markDaemonLog, markFioProgress, mib, mounted, startFio,
   type FioOutcome,
 } from './helpers';
 
@@ -69,10 +69,6 @@ export interface Observation {
   timeline: Timeline;
 }
 
-const STORE_SIZE = '64M';
-const FIO_BYTES = 32 * MiB;
-const FIO_RATE = '3m';
-const FAULT_AT = 6 * MiB;
 
 interface Attached {
   dev: string;
