@@ -10,7 +10,7 @@ import { ByteQueue } from '../nbd/byte-queue';
 import { Logger } from '../log';
 import { isPooledSize, releaseReplyBuffer, takeReplyBuffer } from './reply-buffers';
 import { Store } from './store';
-import { toNbdErrno, validateRequest } from './validate';
+import { ExportLimits, toNbdErrno, validateRequest } from './validate';
 
 export interface Export {
   name: string;
@@ -59,6 +59,7 @@ export class ServerConnection {
   private state = State.ClientFlags;
   private noZeroes = false;
   private exp: Export | undefined;
+  private limits: ExportLimits | undefined;
   private option: codec.OptionHeader | undefined;
   private request: codec.RequestHeader | undefined;
   private inFlight = 0;
@@ -208,6 +209,11 @@ export class ServerConnection {
 
   private enterTransmission(exp: Export): void {
     this.exp = exp;
+    const s = exp.store;
+    this.limits = {
+      size: s.size, readOnly: s.readOnly, canTrim: s.canTrim, canZero: s.canZero,
+      sendFua: (transmissionFlags(s) & C.TFLAG_SEND_FUA) !== 0, maxPayload: C.MAX_PAYLOAD_BYTES,
+    };
     this.state = State.RequestHeader;
     if (this.sock instanceof Socket) this.sock.setNoDelay(true);
     this.log.debug({ export: exp.name }, 'transmission');
@@ -221,10 +227,7 @@ export class ServerConnection {
       return;
     }
     if (this.draining) return this.sendError(h, C.NBD_ESHUTDOWN);
-    const errno = validateRequest(h.type, h.flags, h.offset, h.length, {
-      size: store.size, readOnly: store.readOnly, canTrim: store.canTrim, canZero: store.canZero,
-      maxPayload: C.MAX_PAYLOAD_BYTES,
-    });
+    const errno = validateRequest(h.type, h.flags, h.offset, h.length, this.limits as ExportLimits);
     if (errno !== 0) return this.sendError(h, errno);
     this.inFlight++;
     if (this.inFlight >= this.maxInFlight && !this.paused) {

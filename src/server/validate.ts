@@ -8,15 +8,18 @@ export interface ExportLimits {
   readOnly: boolean;
   canTrim: boolean;
   canZero: boolean;
+  /** NBD_FLAG_SEND_FUA was advertised. */
+  sendFua: boolean;
   maxPayload: number;
 }
 
+// Flags each command takes besides FUA.
 const ALLOWED_FLAGS: Record<number, number> = {
   [C.Cmd.READ]: 0,
-  [C.Cmd.WRITE]: C.CMD_FLAG_FUA,
+  [C.Cmd.WRITE]: 0,
   [C.Cmd.FLUSH]: 0,
-  [C.Cmd.TRIM]: C.CMD_FLAG_FUA,
-  [C.Cmd.WRITE_ZEROES]: C.CMD_FLAG_FUA | C.CMD_FLAG_NO_HOLE,
+  [C.Cmd.TRIM]: 0,
+  [C.Cmd.WRITE_ZEROES]: C.CMD_FLAG_NO_HOLE,
   [C.Cmd.DISC]: 0,
 };
 
@@ -24,18 +27,26 @@ const ALLOWED_FLAGS: Record<number, number> = {
 export function validateRequest(type: number, flags: number, offset: number, length: number, lim: ExportLimits): number {
   const allowed = ALLOWED_FLAGS[type];
   if (allowed === undefined) return C.NBD_EINVAL; // CACHE, BLOCK_STATUS, unknown: not advertised
-  if ((flags & ~allowed) !== 0) return C.NBD_EINVAL;
+  const writes = type === C.Cmd.WRITE || type === C.Cmd.TRIM || type === C.Cmd.WRITE_ZEROES;
+  // Before the flags: a read-only export advertises no FUA, and a write to it is EPERM.
+  if (writes && lim.readOnly) return C.NBD_EPERM;
+  // proto.md "Command flags": with NBD_FLAG_SEND_FUA negotiated the server MUST accept FUA
+  // on every command (clients are known to set it on READ and FLUSH); on commands that
+  // write nothing it is ignored.
+  const fua = lim.sendFua ? C.CMD_FLAG_FUA : 0;
+  if ((flags & ~(allowed | fua)) !== 0) return C.NBD_EINVAL;
   switch (type) {
     case C.Cmd.READ:
       if (length > lim.maxPayload) return C.NBD_EOVERFLOW;
       return offset + length > lim.size ? C.NBD_EINVAL : 0;
     case C.Cmd.FLUSH:
       return offset !== 0 || length !== 0 ? C.NBD_EINVAL : 0;
-    case C.Cmd.WRITE:
     case C.Cmd.TRIM:
+      if (!lim.canTrim) return C.NBD_EINVAL;
+      // proto.md "Error values": EINVAL for a read or trim past the end, ENOSPC for a write.
+      return offset + length > lim.size ? C.NBD_EINVAL : 0;
+    case C.Cmd.WRITE:
     case C.Cmd.WRITE_ZEROES:
-      if (lim.readOnly) return C.NBD_EPERM;
-      if (type === C.Cmd.TRIM && !lim.canTrim) return C.NBD_EINVAL;
       if (type === C.Cmd.WRITE_ZEROES && !lim.canZero) return C.NBD_EINVAL;
       if (type === C.Cmd.WRITE && length > lim.maxPayload) return C.NBD_EOVERFLOW;
       return offset + length > lim.size ? C.NBD_ENOSPC : 0;

@@ -186,6 +186,30 @@ describe('server: hostile clients', function () {
       assert.ok((await c.read(100)).equals(fs.readFileSync(image).subarray(1000, 1100)));
     });
 
+    it('FUA on every command is accepted (proto.md: existing clients set it on READ and FLUSH)', async function () {
+      const c = await raw();
+      const { flags } = await c.handshake('disk');
+      assert.ok((flags & (1 << 3)) !== 0, 'NBD_FLAG_SEND_FUA advertised');
+      const FUA = 1;
+      const NO_HOLE = 2;
+      const at = SIZE - CANARY;
+      const reqs = [
+        request(READ, { cookie: 0n, flags: FUA, offset: 4096, length: 512 }),
+        request(3 /* FLUSH */, { cookie: 1n, flags: FUA }),
+        request(4 /* TRIM */, { cookie: 2n, flags: FUA, offset: at, length: 4096 }),
+        request(6 /* WRITE_ZEROES */, { cookie: 3n, flags: FUA, offset: at, length: 4096 }),
+        request(6, { cookie: 4n, flags: FUA | NO_HOLE, offset: at, length: 4096 }),
+        request(WRITE, { cookie: 5n, flags: FUA, offset: at, length: 8 }), Buffer.alloc(8, 0x77),
+      ];
+      c.write(Buffer.concat(reqs));
+      const disk = fs.readFileSync(image);
+      for (let i = 0; i < 6; i++) {
+        const r = await c.simpleReply();
+        assert.strictEqual(r.error, 0, `cookie ${r.cookie}: error ${r.error}`);
+        if (r.cookie === 0n) assert.ok((await c.read(512)).equals(disk.subarray(4096, 4608)));
+      }
+    });
+
     it('a refused write has its payload skipped, even one that looks like a request', async function () {
       const c = await raw();
       await c.handshake('disk');

@@ -42,7 +42,7 @@ describe('server: refused requests get an errno and the connection lives on', fu
     ro = await serveImage(cleanup, roImage, { name: 'ro', readOnly: true });
   });
 
-  it('past the end: reads get EINVAL, writes, trims and zeroes get ENOSPC', async function () {
+  it('past the end: reads and trims get EINVAL, writes and zeroes get ENOSPC', async function () {
     const got = await py<Record<string, string | boolean>>(rw, `
 r = {}
 r['read_straddle'] = try_(h.pread, 1024, size - 512)
@@ -66,7 +66,7 @@ print(json.dumps(r))
       read_far: 'EINVAL',
       write_straddle: 'ENOSPC',
       write_after: 'ENOSPC',
-      trim_after: 'ENOSPC',
+      trim_after: 'EINVAL',
       zero_after: 'ENOSPC',
       zero_offset_wraps: 'ENOSPC',
       after: 'still here',
@@ -74,10 +74,14 @@ print(json.dumps(r))
     });
   });
 
-  it('flags a command does not take get EINVAL', async function () {
+  it('flags a command does not take get EINVAL; FUA is accepted on every command', async function () {
     const got = await py<Record<string, string>>(rw, `
 r = {}
 r['read_fua'] = try_(h.pread, 512, 0, nbd.CMD_FLAG_FUA)
+r['flush_fua'] = try_(h.flush, nbd.CMD_FLAG_FUA)
+r['trim_fua'] = try_(h.trim, 512, 1024, nbd.CMD_FLAG_FUA)
+r['zero_fua'] = try_(h.zero, 512, 1024, nbd.CMD_FLAG_FUA)
+r['read_df_fua'] = try_(h.pread, 512, 0, nbd.CMD_FLAG_DF | nbd.CMD_FLAG_FUA)
 r['write_no_hole'] = try_(h.pwrite, b'y' * 512, 0, nbd.CMD_FLAG_NO_HOLE)
 r['trim_no_hole'] = try_(h.trim, 512, 0, nbd.CMD_FLAG_NO_HOLE)
 r['zero_fast'] = try_(h.zero, 512, 0, nbd.CMD_FLAG_FAST_ZERO)
@@ -90,7 +94,13 @@ h.shutdown()
 print(json.dumps(r))
 `);
     assert.deepStrictEqual(got, {
-      read_fua: 'EINVAL',
+      // proto.md "Command flags": with NBD_FLAG_SEND_FUA the server MUST accept FUA on
+      // all commands.
+      read_fua: 'ok',
+      flush_fua: 'ok',
+      trim_fua: 'ok',
+      zero_fua: 'ok',
+      read_df_fua: 'EINVAL',
       write_no_hole: 'EINVAL',
       trim_no_hole: 'EINVAL',
       zero_fast: 'EINVAL',
@@ -112,10 +122,12 @@ r['trim'] = try_(h.trim, 4096, 0)
 r['zero'] = try_(h.zero, 4096, 0)
 r['flush'] = try_(h.flush)
 r['read'] = len(h.pread(4096, size - 4096))
+# No NBD_FLAG_SEND_FUA on a read-only export, so FUA is a flag not negotiated.
+r['read_fua'] = try_(h.pread, 512, 0, nbd.CMD_FLAG_FUA)
 h.shutdown()
 print(json.dumps(r))
 `);
-    assert.deepStrictEqual(got, { ro: true, write: 'EPERM', write_fua: 'EPERM', trim: 'EPERM', zero: 'EPERM', flush: 'ok', read: 4096 });
+    assert.deepStrictEqual(got, { ro: true, write: 'EPERM', write_fua: 'EPERM', trim: 'EPERM', zero: 'EPERM', flush: 'ok', read: 4096, read_fua: 'EINVAL' });
     assert.strictEqual(fileHash(roImage), before);
   });
 });

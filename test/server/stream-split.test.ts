@@ -38,7 +38,7 @@ class MemoryStore implements Store {
 }
 
 // One session: client flags, an unknown option, GO "disk", then WRITE "hello" at 100,
-// READ 8 at 98, WRITE_ZEROES 2 at 101, READ 6 at 99, a bad-flags READ, FLUSH, DISC.
+// READ 8 at 98, WRITE_ZEROES 2 at 101, READ 6 at 99, a READ with a flag not negotiated, FLUSH, DISC.
 const SESSION = Buffer.concat([
   u32(3),
   option(0x4242, Buffer.from('xyz')),
@@ -47,7 +47,7 @@ const SESSION = Buffer.concat([
   request(0, { cookie: 2n, offset: 98, length: 8 }),
   request(6, { cookie: 3n, offset: 101, length: 2, flags: 2 }),
   request(0, { cookie: 4n, offset: 99, length: 6 }),
-  request(0, { cookie: 5n, offset: 0, length: 1, flags: 1 }),
+  request(0, { cookie: 5n, offset: 0, length: 1, flags: 4 }),
   request(3, { cookie: 6n }),
   request(2, { cookie: 7n }),
 ]);
@@ -130,7 +130,7 @@ describe('server connection: one session split at every boundary', function () {
       [2n, { error: 0, data: hex(initial(98, 2), Buffer.from('hello'), initial(105, 1)) }],
       [3n, { error: 0, data: '' }],
       [4n, { error: 0, data: hex(initial(99, 1), Buffer.from('h'), Buffer.alloc(2), Buffer.from('lo')) }],
-      [5n, { error: 22, data: '' }], // READ takes no FUA flag
+      [5n, { error: 22, data: '' }], // NBD_CMD_FLAG_DF without NBD_FLAG_SEND_DF
       [6n, { error: 0, data: '' }],
       // DISC (7) has no reply
     ]),
