@@ -2,7 +2,7 @@
 // messages turned into usage errors, plus the value parsers the commands share.
 import { parseArgs, ParseArgsConfig } from 'util';
 import { UsageError } from './errors';
-import { NBD_DEFAULT_PORT } from '../nbd/constants';
+import { parseHostPort as parseHostPortText } from '../nbd/uri';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -19,31 +19,14 @@ export interface HostPort {
   port: number;
 }
 
-/** "host", "host:port", "[v6]:port", ":port". */
+/** "host", "host:port", "[v6]:port", ":port" (the parser lives with the NBD URIs). */
 export function parseHostPort(text: string, defaultHost: string, what: string): HostPort {
-  let host: string;
-  let portText: string | undefined;
-  const v6 = /^\[([^\]]+)\](?::(.*))?$/.exec(text);
-  if (v6) {
-    host = v6[1] as string;
-    portText = v6[2];
-  } else {
-    const i = text.lastIndexOf(':');
-    if (i >= 0 && text.indexOf(':') === i) {
-      host = text.slice(0, i);
-      portText = text.slice(i + 1);
-    } else {
-      host = text;
-    }
+  try {
+    const hp = parseHostPortText(text);
+    return { host: hp.host === '' ? defaultHost : hp.host, port: hp.port };
+  } catch (err) {
+    throw new UsageError(`${what}: ${(err as Error).message}`);
   }
-  if (host === '') host = defaultHost;
-  let port = NBD_DEFAULT_PORT;
-  if (portText !== undefined) {
-    if (!/^\d+$/.test(portText) || Number(portText) > 65535) throw new UsageError(`${what}: invalid port "${portText}" in "${text}"`);
-    port = Number(portText);
-  }
-  if (/\s/.test(host)) throw new UsageError(`${what}: invalid host "${host}"`);
-  return { host, port };
 }
 
 export function parseIntArg(text: string | undefined, what: string, min: number, max: number): number | undefined {

@@ -45,3 +45,10 @@ export class NbdHandshakeError extends NbdError {
     super('NBD_HANDSHAKE', message);
   }
 }
+
+/** An NBD URI (or HOST[:PORT]) that cannot name a store; the message says what is wrong. */
+export class NbdUriError extends NbdError {
+  constructor(message: string) {
+    super('NBD_URI', message);
+  }
+}
