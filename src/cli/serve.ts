@@ -1,13 +1,24 @@
-// netdisk-ublk serve IMAGE [--listen HOST:PORT] [--size SIZE] [--name EXPORT] [--read-only]
+// netdisk-ublk serve IMAGE [--listen HOST:PORT|unix:PATH|URI] [--tls off|on|require] [--size SIZE] [--name EXPORT] [--read-only]
 import { createLogger } from '../log';
 import { FileStore, FileStoreError } from '../server/file-store';
 import { NbdServer } from '../server/server';
+import { loadServerTls, ServerTls } from '../server/tls';
+import { NbdError } from '../nbd/errors';
 import { parseSize } from '../size';
-import { parse, parseHostPort } from './args';
+import { parse } from './args';
+import { planListen } from './serve-listen';
 import { CliError, UsageError } from './errors';
 
-export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen HOST:PORT] [--size SIZE] [--name EXPORT] [--read-only]
+export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--size SIZE] [--name EXPORT] [--read-only]
+                          [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
   Serves IMAGE over NBD. Listens on 127.0.0.1:10809 unless --listen says otherwise.
+  --listen WHERE  HOST[:PORT], unix:PATH, or an NBD URI: nbd://HOST[:PORT][/EXPORT],
+                  nbd+unix:///[EXPORT]?socket=PATH; nbds:// and nbds+unix:// require TLS.
+                  A unix socket's mode follows the umask; a stale one is replaced.
+  --tls MODE      off (default), on (offered), require (no option answered before STARTTLS)
+  --tls-certificates DIR  ca-cert.pem, server-cert.pem, server-key.pem (nbdkit's and qemu's
+                  layout); with ca-cert.pem, a client certificate must chain to that CA
+  --tls-psk FILE  pre-shared keys, one username:hexkey a line (psktool -p FILE -u NAME)
   --size SIZE   create IMAGE, or grow it (sparse), to SIZE (1440K, 64M, 10G or bytes)
   --name NAME   the export's name (default: "", the default export)
   --read-only   refuse writes`;
@@ -18,6 +29,9 @@ export async function serve(argv: string[]): Promise<number> {
     size: { type: 'string', short: 's' },
     name: { type: 'string', short: 'n' },
     'read-only': { type: 'boolean', short: 'r' },
+    tls: { type: 'string' },
+    'tls-certificates': { type: 'string' },
+    'tls-psk': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   }, 'serve');
   if (values.help) {
@@ -26,7 +40,11 @@ export async function serve(argv: string[]): Promise<number> {
   }
   if (positionals.length !== 1) throw new UsageError(`serve: expected one IMAGE argument\n${SERVE_USAGE}`);
   const image = positionals[0] as string;
-  const listen = parseHostPort(values.listen ?? '127.0.0.1', '127.0.0.1', 'serve: --listen');
+  const plan = planListen(values);
+  if (plan.exportName !== undefined && values.name !== undefined && values.name !== plan.exportName) {
+    throw new UsageError(`serve: --name "${values.name}" and the listen URI's export "${plan.exportName}" differ`);
+  }
+  const exportName = values.name ?? plan.exportName ?? '';
   let size: number | undefined;
   if (values.size !== undefined) {
     try {
@@ -36,6 +54,13 @@ export async function serve(argv: string[]): Promise<number> {
     }
   }
   const log = createLogger('netdisk-serve');
+  let tls: ServerTls | undefined;
+  try {
+    if (plan.tls !== 'off') tls = loadServerTls(plan.tls, plan.files, log);
+  } catch (err) {
+    if (err instanceof NbdError) throw new CliError(`serve: ${err.message}`);
+    throw err;
+  }
   let store: FileStore;
   try {
     store = FileStore.open(image, { size, readOnly: values['read-only'] ?? false });
@@ -43,16 +68,18 @@ export async function serve(argv: string[]): Promise<number> {
     if (err instanceof FileStoreError) throw new CliError(`serve: ${err.message}`);
     throw err;
   }
-  const server = new NbdServer({ exports: [{ name: values.name ?? '', store }], log });
+  const server = new NbdServer({ exports: [{ name: exportName, store }], log, tls });
+  const where = plan.address;
   try {
-    await server.listen(listen.host, listen.port);
+    if ('path' in where) await server.listenUnix(where.path);
+    else await server.listen(where.host, where.port);
   } catch (err) {
     await store.close();
     const e = err as NodeJS.ErrnoException;
-    throw new CliError(`serve: cannot listen on ${listen.host}:${listen.port}: ${e.code ?? e.message}`);
+    const what = 'path' in where ? where.path : `${where.host}:${where.port}`;
+    throw new CliError(`serve: cannot listen on ${what}: ${e.code ?? e.message}${e.code === 'EADDRINUSE' && 'path' in where ? ' (a server is running there)' : ''}`);
   }
-  const addr = server.address();
-  log.info({ image, size: store.size, export: values.name ?? '', readOnly: store.readOnly, listen: `${addr.address}:${addr.port}` }, 'serving');
+  log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, listen: server.addressText(), tls: plan.tls }, 'serving');
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
       log.info({ signal: sig, connections: server.connections }, 'shutting down');

@@ -88,8 +88,7 @@ export function parseNbdUri(text: string): NbdEndpoint {
     if (q.has('socket')) throw new NbdUriError(`socket= is only for nbd+unix and nbds+unix, not ${scheme}:`);
     if (auth.host === '') throw new NbdUriError(`${scheme}: needs a host: ${scheme}://HOST[:PORT]/EXPORT`);
     host = auth.host;
-    port = auth.port ?? NBD_DEFAULT_PORT;
-    if (port === 0) throw new NbdUriError(`port 0 in "${text}" is not a port a server listens on`);
+    port = auth.port ?? NBD_DEFAULT_PORT; // 0 is for a server to listen on; clients refuse it
   }
 
   let tls: NbdTls | null = null;

@@ -10,6 +10,7 @@ import { ByteQueue } from '../nbd/byte-queue';
 import { Logger } from '../log';
 import { isPooledSize, releaseReplyBuffer, takeReplyBuffer } from './reply-buffers';
 import { Store } from './store';
+import { ServerTls, startServerTls } from './tls';
 import { ExportLimits, toNbdErrno, validateRequest } from './validate';
 
 export interface Export {
@@ -25,12 +26,15 @@ export interface ConnectionOptions {
   log: Logger;
   /** Requests in flight before the connection stops reading (back-pressure). */
   maxInFlight?: number;
+  /** TLS offered (on) or required (require); absent: NBD_OPT_STARTTLS is refused. */
+  tls?: ServerTls;
 }
 
 const enum State {
   ClientFlags,
   OptionHeader,
   OptionData,
+  StartTls,
   RequestHeader,
   RequestPayload,
   Closing,
@@ -66,28 +70,39 @@ export class ServerConnection {
   private paused = false;
   private draining = false;
   private corked = false;
+  private secure = false;
   private readonly maxInFlight: number;
   private readonly log: Logger;
   readonly closed: Promise<void>;
 
-  constructor(private readonly sock: Duplex, private readonly opts: ConnectionOptions) {
+  constructor(private sock: Duplex, private readonly opts: ConnectionOptions) {
     this.log = opts.log;
     this.maxInFlight = opts.maxInFlight ?? 256;
     this.closed = new Promise((resolve) => sock.once('close', () => resolve()));
-    sock.on('error', (err) => this.log.debug({ err }, 'socket error'));
-    sock.on('data', (chunk: Buffer) => {
-      // Nothing sent after DISC, ABORT or a shutdown is acted on; it is read only so that
-      // the peer's FIN is seen.
-      if (this.state === State.Closing) return;
-      this.q.push(chunk);
-      this.pump();
-    });
-    sock.on('end', () => {
-      if (this.state !== State.Closing) this.log.debug('client closed its side');
-      this.state = State.Closing;
-      this.endWhenIdle();
-    });
+    this.attach(sock);
     sock.write(codec.encodeGreeting(HANDSHAKE_FLAGS));
+  }
+
+  private readonly onError = (err: Error): void => this.log.debug({ err }, 'socket error');
+
+  private readonly onData = (chunk: Buffer): void => {
+    // Nothing sent after DISC, ABORT or a shutdown is acted on; it is read only so that
+    // the peer's FIN is seen.
+    if (this.state === State.Closing) return;
+    this.q.push(chunk);
+    this.pump();
+  };
+
+  private readonly onEnd = (): void => {
+    if (this.state !== State.Closing) this.log.debug('client closed its side');
+    this.state = State.Closing;
+    this.endWhenIdle();
+  };
+
+  private attach(sock: Duplex): void {
+    sock.on('error', this.onError);
+    sock.on('data', this.onData);
+    sock.on('end', this.onEnd);
   }
 
   /** Server shutdown: no new requests, in-flight ones finish and are answered, then close. */
@@ -154,6 +169,8 @@ export class ServerConnection {
           this.dispatch(h, payload);
           break;
         }
+        case State.StartTls:
+          return;
         case State.Closing:
           this.q.clear();
           return;
@@ -163,6 +180,12 @@ export class ServerConnection {
 
   private handleOption(option: number, data: Buffer): void {
     this.state = State.OptionHeader;
+    if (this.opts.tls?.mode === 'require' && !this.secure && option !== C.Opt.STARTTLS && option !== C.Opt.ABORT) {
+      // proto.md "FORCEDTLS mode": every other option is refused until TLS is on, except
+      // EXPORT_NAME, which has no error reply: the session ends.
+      if (option === C.Opt.EXPORT_NAME) return this.fail('EXPORT_NAME before STARTTLS on a server that requires TLS', 'info');
+      return this.reply(option, C.REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+    }
     switch (option) {
       case C.Opt.EXPORT_NAME: {
         const name = data.toString('utf8');
@@ -196,10 +219,42 @@ export class ServerConnection {
         if (option === C.Opt.GO) this.enterTransmission(exp);
         return;
       }
+      case C.Opt.STARTTLS:
+        return this.startTls(data);
       default:
-        // STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers, anything unknown.
+        // STRUCTURED_REPLY, meta contexts, extended headers, anything unknown.
         return this.reply(option, C.REP_ERR_UNSUP);
     }
+  }
+
+  /** NBD_OPT_STARTTLS (proto.md "TLS support"): the ACK, then a TLS handshake on the same socket. */
+  private startTls(data: Buffer): void {
+    const cfg = this.opts.tls;
+    if (!cfg || !(this.sock instanceof Socket)) return this.reply(C.Opt.STARTTLS, C.REP_ERR_POLICY, 'TLS is off on this server');
+    if (this.secure) return this.reply(C.Opt.STARTTLS, C.REP_ERR_INVALID, 'TLS is already on');
+    if (data.length !== 0) return this.reply(C.Opt.STARTTLS, C.REP_ERR_INVALID, 'STARTTLS takes no data');
+    // The client may send nothing until it has our ACK. Bytes already here were sent in
+    // clear text and must not be taken as if they came through TLS (the STARTTLS command
+    // injection of CVE-2011-0411).
+    if (this.q.length !== 0) return this.fail('data sent after STARTTLS before its reply');
+    this.reply(C.Opt.STARTTLS, C.REP_ACK);
+    this.state = State.StartTls;
+    const raw = this.sock;
+    raw.off('data', this.onData);
+    raw.off('end', this.onEnd);
+    startServerTls(raw, cfg).then((sock) => {
+      if (this.state !== State.StartTls) return void sock.destroy(); // shut down meanwhile
+      this.sock = sock;
+      this.attach(sock);
+      sock.once('close', () => raw.destroy());
+      this.secure = true;
+      // proto.md NBD_OPT_STARTTLS: no negotiation state survives STARTTLS. This server keeps
+      // none from options (structured replies and meta contexts are refused), so the options
+      // simply start afresh; the client flags belong to the greeting, not to negotiation.
+      this.state = State.OptionHeader;
+      this.log.debug({ protocol: sock.getProtocol(), cipher: sock.getCipher()?.name, kind: cfg.kind }, 'TLS on');
+      this.pump();
+    }, (err: Error) => this.fail(`TLS handshake failed: ${err.message}`, 'info'));
   }
 
   private reply(option: number, type: number, data?: Buffer | string): void {

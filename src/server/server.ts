@@ -1,14 +1,21 @@
 // The NBD server: listens, hands each connection to a ServerConnection, and shuts down
 // gracefully (stop accepting, let in-flight requests finish, flush the stores).
+import * as fs from 'fs';
 import * as net from 'net';
 import { Logger, silentLogger } from '../log';
 import { Export, ServerConnection } from './connection';
+import { ServerTls } from './tls';
 
 export interface ServerOptions {
   exports: Export[];
   log?: Logger;
   maxInFlight?: number;
+  /** TLS offered or required on every connection; absent: clear text only. */
+  tls?: ServerTls;
 }
+
+/** Where the server listens: TCP, or a unix socket path. */
+export type ListenAddress = { host: string; port: number } | { path: string };
 
 export class NbdServer {
   private readonly server: net.Server;
@@ -33,6 +40,31 @@ export class NbdServer {
         resolve(this.server.address() as net.AddressInfo);
       });
     });
+  }
+
+  /**
+   * Listens on a unix socket. A socket file left by a server that died is replaced; one
+   * that a live server still answers on, or a path that is not a socket, is an error
+   * (EADDRINUSE, EEXIST). The file's mode follows the umask (connecting needs write
+   * permission on it); it is removed when the server closes.
+   */
+  async listenUnix(file: string): Promise<void> {
+    if (!file.startsWith('\0') && await staleSocket(file)) fs.rmSync(file, { force: true });
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ path: file }, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  /** host:port, [v6]:port, or the unix socket path. */
+  addressText(): string {
+    const a = this.server.address();
+    if (typeof a === 'string') return a;
+    if (a === null) return '';
+    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
   }
 
   address(): net.AddressInfo {
@@ -60,13 +92,14 @@ export class NbdServer {
       return;
     }
     const id = this.nextId++;
-    const log = this.log.child({ conn: id, remote: `${sock.remoteAddress}:${sock.remotePort}` });
+    const log = this.log.child({ conn: id, remote: sock.remoteAddress === undefined ? 'unix' : `${sock.remoteAddress}:${sock.remotePort}` });
     log.debug('connected');
     const conn = new ServerConnection(sock, {
       lookup: (name) => this.byName.get(name) ?? (name === '' ? this.opts.exports[0] : undefined),
       list: () => this.opts.exports,
       log,
       maxInFlight: this.opts.maxInFlight,
+      tls: this.opts.tls,
     });
     this.conns.add(conn);
     void conn.closed.then(() => {
@@ -74,4 +107,25 @@ export class NbdServer {
       log.debug('disconnected');
     });
   }
+}
+
+/**
+ * True when file is a unix socket nobody listens on (its server died); false when nothing
+ * is there. Throws EEXIST for a path that is not a socket and EADDRINUSE for a live one.
+ */
+async function staleSocket(file: string): Promise<boolean> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(file);
+  } catch {
+    return false;
+  }
+  if (!st.isSocket()) throw Object.assign(new Error(`${file} exists and is not a socket`), { code: 'EEXIST' });
+  const live = await new Promise<boolean>((resolve) => {
+    const c = net.connect({ path: file });
+    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('error', () => resolve(false));
+  });
+  if (live) throw Object.assign(new Error(`a server is listening on ${file}`), { code: 'EADDRINUSE' });
+  return true;
 }

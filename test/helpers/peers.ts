@@ -42,6 +42,8 @@ const PACKAGES: Record<string, string> = {
   'qemu-io': 'qemu-utils',
   'qemu-nbd': 'qemu-utils',
   'qemu-img': 'qemu-utils',
+  certtool: 'gnutls-bin',
+  psktool: 'gnutls-bin',
   python3: 'python3',
 };
 
@@ -229,6 +231,7 @@ export interface NbdinfoExport {
 
 export interface NbdinfoJson {
   protocol: string;
+  TLS?: boolean;
   exports: NbdinfoExport[];
 }
 

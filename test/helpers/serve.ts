@@ -20,6 +20,8 @@ export interface ServeOptions {
   size?: string;
   name?: string;
   readOnly?: boolean;
+  /** --listen's value (default 127.0.0.1:0, the port then read from the log). */
+  listen?: string;
   /** Extra arguments, after the others. */
   args?: string[];
   env?: Record<string, string>;
@@ -28,8 +30,11 @@ export interface ServeOptions {
 export interface Served {
   readonly child: Child;
   readonly host: string;
+  /** 0 when listening on a unix socket. */
   readonly port: number;
-  /** nbd://host:port/name URI for libnbd and qemu tools. */
+  /** The unix socket's path, '' for TCP. */
+  readonly socket: string;
+  /** nbd://host:port/name (or nbd+unix:///name?socket=PATH) URI for libnbd and qemu tools. */
   uri(name?: string): string;
   /** Log lines so far (stderr lines that parse as JSON). */
   logs(): LogLine[];
@@ -52,7 +57,7 @@ function parseLogs(stderr: string): LogLine[] {
 
 /** Starts `serve image --listen 127.0.0.1:0 ...` and waits until it logs "serving". */
 export async function serveImage(cleanup: Cleanup, image: string, opts: ServeOptions = {}): Promise<Served> {
-  const args = ['serve', image, '--listen', `${HOST}:0`];
+  const args = ['serve', image, '--listen', opts.listen ?? `${HOST}:0`];
   if (opts.size !== undefined) args.push('--size', opts.size);
   if (opts.name !== undefined) args.push('--name', opts.name);
   if (opts.readOnly) args.push('--read-only');
@@ -73,13 +78,16 @@ export async function serveImage(cleanup: Cleanup, image: string, opts: ServeOpt
       reject);
   });
   const listen = String(serving.listen);
-  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
-  if (!Number.isInteger(port) || port <= 0) throw new Error(`no port in the serving line: ${JSON.stringify(serving)}`);
+  const socket = listen.startsWith('/') ? listen : '';
+  const port = socket ? 0 : Number(listen.slice(listen.lastIndexOf(':') + 1));
+  if (!socket && (!Number.isInteger(port) || port <= 0)) throw new Error(`no port in the serving line: ${JSON.stringify(serving)}`);
   return {
     child,
     host: HOST,
     port,
-    uri: (name = opts.name ?? '') => `nbd://${HOST}:${port}/${encodeURIComponent(name)}`,
+    socket,
+    uri: (name = opts.name ?? '') => (socket ? `nbd+unix:///${encodeURIComponent(name)}?socket=${socket}`
+      : `nbd://${HOST}:${port}/${encodeURIComponent(name)}`),
     logs: () => parseLogs(child.stderr()),
     stop: (sig: NodeJS.Signals = 'SIGTERM') => child.kill(sig),
   };

@@ -94,7 +94,6 @@ describe('nbd uri', function () {
       ['nbd://h/disk?socket=/s', /socket= is only for nbd\+unix/],
       ['nbd://h:99999/', /invalid port "99999"/],
       ['nbd://h:port/', /invalid port "port"/],
-      ['nbd://h:0/', /port 0/],
       ['nbd://::1/', /IPv6 address must be in brackets/],
       ['nbd://[::1/', /invalid IPv6 literal/],
       ['nbd://h/%zz', /bad percent-encoding in the export name/],
