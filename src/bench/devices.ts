@@ -5,6 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { run, runOk, sleep } from './procs';
+import type { DeviceSettings } from '../device/config';
 
 export type ClientKind = 'ublk' | 'nbd';
 
@@ -33,11 +34,7 @@ export interface AttachedDevice {
 }
 
 /** Options for `netdisk-ublk add`; unset ones take add's defaults. */
-export interface UblkSettings {
-  queues?: number;
-  depth?: number;
-  maxIoBytes?: number;
-}
+export type UblkSettings = Partial<Pick<DeviceSettings, 'queues' | 'depth' | 'maxIoBufBytes'>>;
 
 export interface NbdSettings {
   connections: number;
@@ -48,7 +45,7 @@ export async function attachUblk(cli: string, host: string, port: number, s: Ubl
   const args = ['add', '--remote', `${host}:${port}`,
     ...(s.queues !== undefined ? ['--queues', String(s.queues)] : []),
     ...(s.depth !== undefined ? ['--depth', String(s.depth)] : []),
-    ...(s.maxIoBytes !== undefined ? ['--max-io', String(s.maxIoBytes)] : []),
+    ...(s.maxIoBufBytes !== undefined ? ['--max-io', String(s.maxIoBufBytes)] : []),
     '--json'];
   const out = await runOk(process.execPath, [cli, ...args]);
   const info = JSON.parse(out.trim().split('\n')[0] ?? '{}') as { id: number; device: string };

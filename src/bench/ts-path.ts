@@ -4,6 +4,7 @@
 // this process per request: the JavaScript plus the socket system calls it makes.
 import { spawn } from 'child_process';
 import { performance } from 'perf_hooks';
+import { DEVICE_DEFAULTS } from '../device/config';
 import { QueueService } from '../device/queue-service';
 import { silentLogger } from '../log';
 import { ReconnectingClient } from '../nbd/reconnecting-client';
@@ -116,7 +117,7 @@ class FakeKernelQueue implements NativeQueue {
  * misses, preemption), and the median keeps one such slice from skewing the figure.
  */
 export async function measureTsPath(host: string, port: number, c: TsPathCase, seconds: number, slices = 5): Promise<TsPathResult> {
-  const client = await ReconnectingClient.connect({ host, port });
+  const client = await ReconnectingClient.connect({ host, port, timeoutMs: DEVICE_DEFAULTS.timeoutMs, failAfterMs: DEVICE_DEFAULTS.failAfterMs });
   const depth = Math.max(c.depth, 1);
   let fake: FakeKernelQueue | undefined;
   const native = {

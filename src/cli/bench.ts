@@ -18,7 +18,9 @@ import { STORE_TITLE, type StoreKind } from '../bench/stores';
 import { measureTsPathSuite, type TsPathReport } from '../bench/ts-path';
 import { packageRoot } from '../package-root';
 import { parseSize } from '../size';
+import { DEVICE_DEFAULTS } from '../device/config';
 import { parse, parseIntArg } from './args';
+import { DEVICE_OPTIONS, parseDeviceArgs } from './device-args';
 import { CliError, UsageError } from './errors';
 
 export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--warmup S]
@@ -57,9 +59,9 @@ export async function bench(argv: string[]): Promise<number> {
     warmup: { type: 'string' },
     stores: { type: 'string' },
     cases: { type: 'string' },
-    queues: { type: 'string', short: 'q' },
-    depth: { type: 'string', short: 'd' },
-    'max-io': { type: 'string' },
+    queues: DEVICE_OPTIONS.queues,
+    depth: DEVICE_OPTIONS.depth,
+    'max-io': DEVICE_OPTIONS['max-io'],
     'nbd-connections': { type: 'string' },
     'nbd-block-size': { type: 'string' },
     size: { type: 'string' },
@@ -91,17 +93,8 @@ export async function bench(argv: string[]): Promise<number> {
   } catch (err) {
     throw new UsageError(`bench: ${(err as Error).message}`);
   }
-  const queues = parseIntArg(values.queues, '--queues', 1, 64);
-  const depth = parseIntArg(values.depth, '--depth', 1, 4096);
-  let maxIo: number | undefined;
-  if (values['max-io'] !== undefined) {
-    try {
-      maxIo = parseSize(values['max-io']);
-    } catch (err) {
-      throw new UsageError(`bench: --max-io: ${(err as Error).message}`);
-    }
-  }
-  const nbdConnections = parseIntArg(values['nbd-connections'], '--nbd-connections', 1, 64) ?? queues ?? 1;
+  const { queues, depth, maxIoBufBytes } = parseDeviceArgs(values);
+  const nbdConnections = parseIntArg(values['nbd-connections'], '--nbd-connections', 1, 64) ?? queues ?? DEVICE_DEFAULTS.queues;
   const nbdBlockSize = parseIntArg(values['nbd-block-size'], '--nbd-block-size', 512, 4096) ?? 512;
   if (![512, 1024, 2048, 4096].includes(nbdBlockSize)) throw new UsageError('bench: --nbd-block-size must be 512, 1024, 2048 or 4096');
   let sizeBytes = 256 * 2 ** 20;
@@ -141,7 +134,7 @@ export async function bench(argv: string[]): Promise<number> {
     sizeBytes,
     dir: values.dir ?? os.tmpdir(),
     cli: path.join(packageRoot(), 'bin', 'netdisk-ublk.js'),
-    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIo ? { maxIoBytes: maxIo } : {}) },
+    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIoBufBytes ? { maxIoBufBytes } : {}) },
     nbd: { connections: nbdConnections, blockSize: nbdBlockSize },
     command: host?.command ?? command,
     ...(host ? { host: { kernel: host.kernel, cpu: host.cpu, cpus: host.cpus, loadBefore: host.loadBefore } } : {}),

@@ -29,9 +29,7 @@ export async function recover(argv: string[]): Promise<number> {
   if (!values.foreground && process.env.NETDISK_READY_FD === undefined) return spawnDaemon('recover', argv, json);
   const rec = readRecord(id);
   if (!rec) throw new CliError(`recover: no record of device ${id} (looked for it in /run/netdisk-ublk): cannot tell which store it used`);
-  const where = values.remote === undefined ? { host: rec.host, port: rec.port } : parseHostPort(values.remote, '', '--remote');
-  return runForeground('recover', (d) => d.recover(id), {
-    host: where.host, port: where.port, exportName: rec.export, id, queues: rec.queues, depth: rec.depth,
-    maxIoBufBytes: rec.maxIoBufBytes, timeoutMs: rec.timeoutMs ?? 30000, failAfterMs: rec.failAfterMs ?? 180000,
-  }, json);
+  const config = values.remote === undefined ? rec.config
+    : { ...rec.config, remote: { ...rec.config.remote, ...parseHostPort(values.remote, '', '--remote') } };
+  return runForeground('recover', (d) => d.recover(id), { config, id }, json);
 }

@@ -13,6 +13,7 @@ import {
   UblkCtrl, UblkError, UblkFlag, UblkState, blockDevPath, closeCharDev, flagNames, openCharDev, type DevInfo,
 } from '../ublk';
 import { deviceGeometry } from './capabilities';
+import { remoteAddress, type DeviceConfig } from './config';
 import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './queue-worker';
 import { readRecord, removeRecord, writeRecord, type DeviceRecord } from './state';
 
@@ -20,17 +21,9 @@ import { readRecord, removeRecord, writeRecord, type DeviceRecord } from './stat
 export const NETDISK_MARK = 0x4e44_4b00n; // "NDK\0"
 
 export interface DaemonOptions {
-  host: string;
-  port: number;
-  exportName: string;
+  config: DeviceConfig;
+  /** The device id to claim (add --id) or re-attach (recover). */
   id?: number;
-  queues: number;
-  depth: number;
-  maxIoBufBytes: number;
-  /** Request reply timeout (0: none). */
-  timeoutMs: number;
-  /** How long requests wait for a lost store before failing. */
-  failAfterMs: number;
   log: Logger;
   logFile?: string;
 }
@@ -71,6 +64,8 @@ export class DeviceDaemon {
   private workers: QueueWorker[] = [];
   private stopping: Promise<void> | undefined;
   private readonly log: Logger;
+  /** What the device runs with: the command line's, or the record's when re-attaching. */
+  private config: DeviceConfig;
   private doneResolve!: () => void;
   /** Resolves when the daemon must end on its own (a queue worker died). */
   readonly done: Promise<void>;
@@ -78,6 +73,7 @@ export class DeviceDaemon {
 
   constructor(private readonly opts: DaemonOptions) {
     this.log = opts.log;
+    this.config = opts.config;
     this.done = new Promise((r) => { this.doneResolve = r; });
   }
 
@@ -91,6 +87,7 @@ export class DeviceDaemon {
       const dev = await (this.ctrl as UblkCtrl).getDevInfo(this.opts.id).catch(() => undefined);
       if (dev && dev.ublksrvFlags === NETDISK_MARK && (dev.state === UblkState.QUIESCED || dev.state === UblkState.FAIL_IO)) {
         this.log.info({ dev: this.opts.id }, 'device is waiting for a daemon: recovering it');
+        this.config = readRecord(this.opts.id)?.config ?? this.config;
         return this.recover(this.opts.id);
       }
     }
@@ -99,16 +96,16 @@ export class DeviceDaemon {
 
   /** Creates the device; resolves once /dev/ublkbN is live. On failure nothing is left behind. */
   async start(): Promise<ReadyInfo> {
-    const o = this.opts;
+    const c = this.config;
     await this.preflight();
     const info = await this.probe();
-    let queues = o.queues;
+    let queues = c.queues;
     if (queues > 1 && (info.flags & N.TFLAG_CAN_MULTI_CONN) === 0) {
       this.log.warn({ queues }, 'the server does not advertise multi-conn: using one queue and one connection');
       queues = 1;
     }
-    const geo = deviceGeometry(info, o.maxIoBufBytes);
-    if (geo.deviceBytes === 0) throw new DaemonError(`export "${o.exportName}" on ${this.remote} is smaller than one block (${info.size} bytes)`);
+    const geo = deviceGeometry(info, c.maxIoBufBytes);
+    if (geo.deviceBytes === 0) throw new DaemonError(`export "${c.remote.exportName}" on ${this.remote} is smaller than one block (${info.size} bytes)`);
     if (geo.deviceBytes !== info.size) {
       this.log.warn({ size: info.size, deviceBytes: geo.deviceBytes }, 'export size is not a whole number of blocks: the tail is not exposed');
     }
@@ -116,7 +113,7 @@ export class DeviceDaemon {
     const flags = ctrl.features === null ? RECOVERY_FLAGS : RECOVERY_FLAGS & ctrl.features;
     try {
       const dev = await ctrl.addDev({
-        id: o.id ?? -1, queues, depth: o.depth, maxIoBufBytes: o.maxIoBufBytes, flags, ublksrvFlags: NETDISK_MARK,
+        id: this.opts.id ?? -1, queues, depth: c.depth, maxIoBufBytes: c.maxIoBufBytes, flags, ublksrvFlags: NETDISK_MARK,
       });
       this.devId = dev.devId;
       this.log.info({ dev: dev.devId, flags: flagNames(dev.flags), queues: dev.nrHwQueues, depth: dev.queueDepth }, 'ublk device added');
@@ -186,7 +183,7 @@ export class DeviceDaemon {
   }
 
   private get remote(): string {
-    return `${this.opts.host}:${this.opts.port}`;
+    return remoteAddress(this.config.remote);
   }
 
   private async preflight(): Promise<void> {
@@ -200,10 +197,9 @@ export class DeviceDaemon {
 
   /** Learns the export before anything is created: size and flags decide the device's shape. */
   private async probe(): Promise<ExportInfo> {
-    const o = this.opts;
     let probe: NbdClient;
     try {
-      probe = await NbdClient.connect({ host: o.host, port: o.port, exportName: o.exportName });
+      probe = await NbdClient.connect(this.config.remote);
     } catch (err) {
       throw new DaemonError(err instanceof NbdError ? err.message : `cannot reach ${this.remote}: ${(err as Error).message}`);
     }
@@ -214,29 +210,26 @@ export class DeviceDaemon {
 
   private async runQueues(dev: DevInfo, info: ExportInfo, deviceBytes: number): Promise<void> {
     const ctrl = this.ctrl as UblkCtrl;
-    const o = this.opts;
     this.charFd = openCharDev(this.devId);
+    // The shape the kernel granted (queues may have been cut to one, see start()).
+    this.config = { ...this.config, queues: dev.nrHwQueues, depth: dev.queueDepth, maxIoBufBytes: dev.maxIoBufBytes };
     const old = readRecord(this.devId);
     const rec: DeviceRecord = {
-      id: this.devId, remote: this.remote, host: o.host, port: o.port, export: o.exportName, size: deviceBytes,
-      queues: dev.nrHwQueues, depth: dev.queueDepth, maxIoBufBytes: dev.maxIoBufBytes, timeoutMs: o.timeoutMs,
-      failAfterMs: o.failAfterMs, pid: process.pid, created: old?.created ?? new Date().toISOString(),
-      ...(o.logFile ? { logFile: o.logFile } : {}),
+      id: this.devId, config: this.config, size: deviceBytes, pid: process.pid, created: old?.created ?? new Date().toISOString(),
+      ...(this.opts.logFile ? { logFile: this.opts.logFile } : {}),
     };
     writeRecord(rec);
     for (let qid = 0; qid < dev.nrHwQueues; qid++) {
       this.workers.push(this.spawnQueue({
-        devId: this.devId, qid, depth: dev.queueDepth, maxIoBufBytes: dev.maxIoBufBytes, charFd: this.charFd,
-        ioctlEncode: ctrl.ioctlEncode, host: o.host, port: o.port, exportName: o.exportName, expect: info,
-        timeoutMs: o.timeoutMs, failAfterMs: o.failAfterMs,
+        devId: this.devId, qid, charFd: this.charFd, ioctlEncode: ctrl.ioctlEncode, expect: info, config: this.config,
       }));
     }
     await Promise.all(this.workers.map((w) => waitStarted(w)));
   }
 
   private live(deviceBytes: number, recovered: boolean): ReadyInfo {
-    const o = this.opts;
-    this.log.info({ device: blockDevPath(this.devId), size: deviceBytes, remote: this.remote, export: o.exportName, recovered }, 'device live');
+    const c = this.config;
+    this.log.info({ device: blockDevPath(this.devId), size: deviceBytes, remote: this.remote, export: c.remote.exportName, recovered }, 'device live');
     for (const w of this.workers) {
       void w.exited.then((code) => {
         if (!this.stopping) {
@@ -248,7 +241,7 @@ export class DeviceDaemon {
     }
     return {
       id: this.devId, device: blockDevPath(this.devId), size: deviceBytes, queues: this.workers.length,
-      depth: o.depth, remote: this.remote, export: o.exportName, pid: process.pid, recovered,
+      depth: c.depth, remote: this.remote, export: c.remote.exportName, pid: process.pid, recovered,
     };
   }
 

@@ -2,6 +2,7 @@
 // /sys/class/ublk-char/ublkcN) joined with our records under /run/netdisk-ublk.
 import * as fs from 'fs';
 import { UblkCtrl, UblkState, blockDevPath, type DevInfo } from '../ublk';
+import { remoteAddress } from './config';
 import { NETDISK_MARK } from './daemon';
 import { pidAlive, readRecord, recordIds, type DeviceRecord } from './state';
 
@@ -64,11 +65,11 @@ function view(id: number, info: DevInfo | undefined, rec: DeviceRecord | undefin
   return {
     id,
     device: blockDevPath(id),
-    remote: rec?.remote ?? null,
-    export: rec?.export ?? null,
+    remote: rec ? remoteAddress(rec.config.remote) : null,
+    export: rec?.config.remote.exportName ?? null,
     size: rec?.size ?? null,
-    queues: info?.nrHwQueues ?? rec?.queues ?? null,
-    depth: info?.queueDepth ?? rec?.depth ?? null,
+    queues: info?.nrHwQueues ?? rec?.config.queues ?? null,
+    depth: info?.queueDepth ?? rec?.config.depth ?? null,
     pid,
     state: info ? STATE_NAMES[info.state] ?? `state${info.state}` : 'gone',
     daemonAlive: pid !== null && pidAlive(pid),

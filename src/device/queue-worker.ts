@@ -5,21 +5,18 @@ import { parentPort, workerData } from 'worker_threads';
 import { ReconnectingClient } from '../nbd/reconnecting-client';
 import type { ExportInfo } from '../nbd/client';
 import { createLogger } from '../log';
+import type { DeviceConfig } from './config';
 import { QueueService } from './queue-service';
 
 export interface QueueWorkerData {
   devId: number;
   qid: number;
-  depth: number;
-  maxIoBufBytes: number;
   charFd: number;
   ioctlEncode: boolean;
-  host: string;
-  port: number;
-  exportName: string;
+  /** The export as the daemon found it: every connection must find the same. */
   expect: ExportInfo;
-  timeoutMs: number;
-  failAfterMs: number;
+  /** The device's settings, as the kernel granted them. */
+  config: DeviceConfig;
 }
 
 /** From the daemon: the device is being stopped. */
@@ -40,8 +37,7 @@ async function main(): Promise<void> {
   let client: ReconnectingClient;
   try {
     client = await ReconnectingClient.connect({
-      host: d.host, port: d.port, exportName: d.exportName, expect: d.expect,
-      timeoutMs: d.timeoutMs, failAfterMs: d.failAfterMs,
+      ...d.config.remote, expect: d.expect, timeoutMs: d.config.timeoutMs, failAfterMs: d.config.failAfterMs,
     });
   } catch (err) {
     post({ type: 'failed', message: (err as Error).message });
@@ -62,7 +58,7 @@ async function main(): Promise<void> {
   };
   port.on('message', onCommand);
   const svc = new QueueService(
-    { devId: d.devId, qid: d.qid, depth: d.depth, maxIoBufBytes: d.maxIoBufBytes, charFd: d.charFd, ioctlEncode: d.ioctlEncode },
+    { devId: d.devId, qid: d.qid, depth: d.config.depth, maxIoBufBytes: d.config.maxIoBufBytes, charFd: d.charFd, ioctlEncode: d.ioctlEncode },
     client,
     log,
   );

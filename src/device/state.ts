@@ -3,19 +3,14 @@
 // so records vanish at reboot, like the devices themselves.
 import * as fs from 'fs';
 import * as path from 'path';
+import type { DeviceConfig } from './config';
 
 export interface DeviceRecord {
   id: number;
-  remote: string;
-  host: string;
-  port: number;
-  export: string;
+  /** The device's settings as the daemon runs it (queues, depth and max I/O as the kernel granted them). */
+  config: DeviceConfig;
+  /** Bytes exposed by the device. */
   size: number;
-  queues: number;
-  depth: number;
-  maxIoBufBytes: number;
-  timeoutMs?: number;
-  failAfterMs?: number;
   pid: number;
   created: string;
   logFile?: string;
@@ -39,7 +34,9 @@ export function writeRecord(rec: DeviceRecord): void {
 
 export function readRecord(id: number): DeviceRecord | undefined {
   try {
-    return JSON.parse(fs.readFileSync(recordPath(id), 'utf8')) as DeviceRecord;
+    const rec = JSON.parse(fs.readFileSync(recordPath(id), 'utf8')) as Partial<DeviceRecord>;
+    // A record without a config is not one this version wrote: nothing in it can be trusted.
+    return typeof rec.config === 'object' && rec.config !== null ? rec as DeviceRecord : undefined;
   } catch {
     return undefined;
   }

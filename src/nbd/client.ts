@@ -12,10 +12,16 @@ import * as codec from './codec';
 import { ByteQueue } from './byte-queue';
 import { NbdConnectionError, NbdError, NbdHandshakeError, NbdProtocolError, NbdRequestError } from './errors';
 
-export interface ConnectOptions {
+/** Where an export is served: all a connection to it needs to find it. */
+export interface NbdRemote {
   host: string;
   port: number;
-  /** Export name; '' is the server's default export. */
+  /** '' is the server's default export. */
+  exportName: string;
+}
+
+export interface ConnectOptions extends Omit<NbdRemote, 'exportName'> {
+  /** Export name; '' (the default) is the server's default export. */
   exportName?: string;
   /** Connect plus handshake must finish within this (default 15 s). */
   handshakeTimeoutMs?: number;

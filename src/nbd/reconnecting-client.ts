@@ -17,9 +17,9 @@ import { NbdConnectionError, NbdError, NbdRequestError } from './errors';
 
 export interface ReconnectOptions extends ConnectOptions {
   /** A request without a reply for this long means the connection is stalled (0: never). */
-  timeoutMs?: number;
+  timeoutMs: number;
   /** While disconnected this long, requests fail instead of waiting (0: at once). */
-  failAfterMs?: number;
+  failAfterMs: number;
   /** The export must match this (size and flags) on every connection. */
   expect?: ExportInfo;
   /** Backoff between attempts: first and largest delay. */
@@ -78,7 +78,7 @@ export class ReconnectingClient extends EventEmitter {
     this.expect = opts.expect ?? client.info;
     this.onReply = (err, e) => this.replied(err, e);
     this.watch(client);
-    const timeoutTicks = Math.ceil((opts.timeoutMs ?? 0) / TICK_MS);
+    const timeoutTicks = Math.ceil(opts.timeoutMs / TICK_MS);
     this.ticker = setInterval(() => {
       this.tick++;
       if (timeoutTicks > 0 && this.state === State.Connected) this.checkTimeouts(timeoutTicks);
@@ -216,7 +216,7 @@ export class ReconnectingClient extends EventEmitter {
     this.state = State.Reconnecting;
     this.emit('disconnect', { reason, pending: this.pendingCount } satisfies DisconnectEvent);
     old.destroy(new NbdConnectionError(reason)); // every request on it comes back unsent
-    const failAfter = this.opts.failAfterMs ?? 180_000;
+    const failAfter = this.opts.failAfterMs;
     if (failAfter <= 0) this.giveUp(reason);
     else this.failTimer = setTimeout(() => this.giveUp(`the store has been unreachable for ${failAfter} ms`), failAfter);
     void this.reconnectLoop();

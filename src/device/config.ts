@@ -1,0 +1,48 @@
+// A device's settings, in one type with one table of defaults. The command line is parsed
+// into a DeviceConfig once (cli/device-args.ts); the daemon stores it as it is in the
+// device record (state.ts) and hands it as it is to each queue worker and its reconnecting
+// client; `recover` and `add --id` read it back from the record.
+import type { NbdRemote } from '../nbd/client';
+
+export interface DeviceConfig {
+  /** The NBD export behind the device. */
+  remote: NbdRemote;
+  /** ublk queues, each with its own thread and connection where the server allows multi-conn. */
+  queues: number;
+  /** Requests in flight per queue (the device's queue_depth). */
+  depth: number;
+  /** Largest request in bytes (the device's max_io_buf_bytes). */
+  maxIoBufBytes: number;
+  /** A request without a reply this long means the connection is stalled: reconnect and resend (0: never). */
+  timeoutMs: number;
+  /** Requests wait this long for a lost store before failing with EIO (0: fail at once). */
+  failAfterMs: number;
+}
+
+/** Everything but where the store is. */
+export type DeviceSettings = Omit<DeviceConfig, 'remote'>;
+
+export const DEVICE_DEFAULTS: Readonly<DeviceSettings> = {
+  // One queue: measured, a second one does not pay for its CPU (README, bench/results).
+  queues: 1,
+  depth: 128,
+  maxIoBufBytes: 512 * 1024,
+  timeoutMs: 30_000,
+  failAfterMs: 180_000,
+};
+
+/** Inclusive bounds of each setting. */
+export const DEVICE_LIMITS: Readonly<Record<keyof DeviceSettings, { min: number; max: number }>> = {
+  queues: { min: 1, max: 64 },
+  // UBLK_MAX_QUEUE_DEPTH
+  depth: { min: 1, max: 4096 },
+  // Whole pages; the addon maps at most 32 MiB per tag.
+  maxIoBufBytes: { min: 4096, max: 32 * 1024 * 1024 },
+  timeoutMs: { min: 0, max: 86_400_000 },
+  failAfterMs: { min: 0, max: 7 * 86_400_000 },
+};
+
+/** host:port, as logs and `list` show the store. */
+export function remoteAddress(r: NbdRemote): string {
+  return `${r.host}:${r.port}`;
+}
