@@ -7,6 +7,8 @@ import * as os from 'os';
 import * as path from 'path';
 
 export interface VmOptions {
+  /** Which kernel boots: '6.12', '7' (the newest of that line) or an exact version; run.sh's default (6.12) otherwise. */
+  kernel?: string;
   /** Extra host directories shared read-write at their own paths (the repo always is). */
   shares?: string[];
   /** Seconds before the VM is killed; the result code is then 124. run.sh's default otherwise. */
@@ -28,6 +30,8 @@ export interface VmResult {
   stderr: string;
   /** The guest's kernel log, taken right after the command ended. */
   dmesg: string;
+  /** The kernel that ran (the guest's uname -r); empty when the guest never ran the command. */
+  kernel: string;
 }
 
 export const VM_TIMEOUT_CODE = 124;
@@ -76,9 +80,9 @@ export function inVm(): boolean {
  * Whether the VM can be started here (qemu, kernel, busybox present), without booting it.
  * Returns the reason when it cannot.
  */
-export function vmCheck(): { ok: true; kernel: string } | { ok: false; reason: string } {
+export function vmCheck(kernel?: string): { ok: true; kernel: string } | { ok: false; reason: string } {
   if (inVm()) return { ok: false, reason: 'already inside the test VM' };
-  const r = spawnSync(vmScript(), ['--check'], { encoding: 'utf8' });
+  const r = spawnSync(vmScript(), [...kernelArgs(kernel), '--check'], { encoding: 'utf8' });
   if (r.error) return { ok: false, reason: r.error.message };
   if (r.status !== 0) return { ok: false, reason: (r.stderr || r.stdout).trim() };
   const m = /kernel ([^\s)]+)/.exec(r.stdout);
@@ -89,13 +93,20 @@ export function vmAvailable(): boolean {
   return vmCheck().ok;
 }
 
+function kernelArgs(kernel: string | undefined): string[] {
+  return kernel === undefined ? [] : ['--kernel', kernel];
+}
+
+// run.sh's last stderr line names the kernel that ran.
+const RAN_ON = /^netdisk-vm: ran on kernel (\S+)\n/m;
+
 /**
  * Boots the VM, runs `command` with bash -c inside it and resolves with its exit code,
  * output and kernel log. Only one VM runs at a time on a machine; concurrent calls queue
  * on run.sh's lock. Never rejects for a failing command: look at `code`.
  */
 export async function runInVm(command: string, opts: VmOptions = {}): Promise<VmResult> {
-  const args: string[] = [];
+  const args: string[] = kernelArgs(opts.kernel);
   for (const s of opts.shares ?? []) args.push('--share', s);
   if (opts.timeoutSec !== undefined) args.push('--timeout', String(Math.max(1, Math.ceil(opts.timeoutSec))));
   if (opts.cwd !== undefined) args.push('--cwd', opts.cwd);
@@ -133,7 +144,8 @@ export async function runInVm(command: string, opts: VmOptions = {}): Promise<Vm
       },
     );
     const dmesg = fs.existsSync(dmesgFile) ? fs.readFileSync(dmesgFile, 'utf8') : '';
-    return { code, stdout, stderr, dmesg };
+    const ran = RAN_ON.exec(stderr);
+    return { code, stdout, stderr: ran ? stderr.replace(RAN_ON, '') : stderr, dmesg, kernel: ran?.[1] ?? '' };
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }

@@ -364,18 +364,20 @@ describe('ublk device (real kernel)', function () {
       const first = randomBytes(2 * MiB);
       await ok('dd', [`of=${dev}`, 'bs=1M', 'iflag=fullblock', 'oflag=direct', 'status=none'], first);
 
-      // The queue's thread goes away with its queue open and polling: the worker's
-      // environment teardown must close the ring (the addon's cleanup hook), and the
-      // kernel then quiesces the device instead of removing it.
+      // The server goes away as a killed daemon would: its queue's thread (open and
+      // polling) and its /dev/ublkcN fd. The worker's environment teardown must close the
+      // ring (the addon's cleanup hook): its commands hold /dev/ublkcN too, and the
+      // kernel quiesces the device, instead of removing it, when the queue's thread is gone
+      // (6.12) or only once /dev/ublkcN is released by every holder (7.x).
       await w.worker.terminate();
       w = undefined;
+      closeCharDev(fd);
+      fd = -1;
       await waitForState(ctrl, devId, UblkState.QUIESCED);
       assert.ok(fs.existsSync(dev), `${dev} survives the dead server`);
 
-      // START_USER_RECOVERY needs /dev/ublkcN released by every holder: our fd and
-      // the ring, whose teardown finishes asynchronously.
-      closeCharDev(fd);
-      fd = -1;
+      // START_USER_RECOVERY needs /dev/ublkcN released by every holder, the ring's
+      // teardown finishing asynchronously.
       for (let i = 0; ; i++) {
         try {
           await ctrl.startUserRecovery(devId);

@@ -2,7 +2,10 @@
 # Builds the test VM's initramfs: static busybox, init.sh as /init, and the kernel
 # modules the guest needs, decompressed and listed in load order.
 #
-#   build-initramfs.sh KERNEL_VERSION OUTPUT.cpio.gz
+#   build-initramfs.sh KERNEL_VERSION OUTPUT.cpio.gz [MODULE_BASE]
+#
+# MODULE_BASE is the directory holding lib/modules/KERNEL_VERSION (modprobe -d): "/" for a
+# kernel installed on the host, a private folder for one setup-deps.sh only extracted.
 #
 # The guest has no access to the host's module tree before its root is mounted, and
 # mounting it needs 9p, so every module is packed here and insmod'ed by /init.
@@ -11,16 +14,19 @@ set -euo pipefail
 kver=${1:?kernel version}
 out=${2:?output file}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
-moddir=/lib/modules/$kver
+base=${3:-/}
+moddir=${base%/}/lib/modules/$kver
 
 # Modules /init loads; their dependencies (modules.dep) and soft dependencies
-# (modules.softdep, e.g. ext4 wanting crc32c) are added by modprobe below.
+# (modules.softdep, e.g. ext4 wanting crc32c) are added by modprobe below. Names that
+# differ between kernels are left to modprobe: "crc32c" is an alias (crc32c_generic on
+# 6.12, crc32c-cryptoapi on 7.x), crc16 and jbd2 come with ext4.
 required=(9pnet_virtio 9p)
 # vfat mounts need nls_ascii too: the kernel default iocharset is "ascii".
 wanted=(
 	ublk_drv nbd loop
 	ext4 vfat fat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8
-	crc16 crc32c_generic libcrc32c mbcache jbd2
+	crc32c
 )
 
 [ -d "$moddir" ] || { echo "build-initramfs: no $moddir" >&2; exit 1; }
@@ -36,14 +42,14 @@ chmod 0755 "$work/init" "$work/bin/busybox"
 # Resolves one module to the ordered insmod list. -C /dev/null ignores the host's
 # modprobe.d options (e.g. nbd-client's max_part) so the guest gets kernel defaults.
 resolve() {
-	modprobe -C /dev/null -S "$kver" --show-depends "$1" 2>/dev/null | awk '$1 == "insmod" { print $2 }'
+	modprobe -C /dev/null -d "$base" -S "$kver" --show-depends "$1" 2>/dev/null | awk '$1 == "insmod" { print $2 }'
 }
 
 declare -A seen=()
 order=()
 add_module() {
 	local name=$1 must=$2 files f
-	if modprobe -C /dev/null -S "$kver" --show-depends "$name" 2>/dev/null | grep -q '^builtin '; then
+	if modprobe -C /dev/null -d "$base" -S "$kver" --show-depends "$name" 2>/dev/null | grep -q '^builtin '; then
 		return 0
 	fi
 	files=$(resolve "$name")

@@ -97,6 +97,16 @@ while read -r tag path; do
 	mount -t 9p -o "$P9,cache=loose" "$tag" "$R$path" || die "cannot mount share $path"
 done </ctl/shares
 
+# A kernel that is not installed on the host brings its own module tree (run.sh names it):
+# shown at /lib/modules so modprobe in the guest finds it. It hides the host's trees, which
+# are of no use to this kernel.
+if [ -s /ctl/modules ]; then
+	mods=$R/lib/modules
+	[ -L "$R/lib" ] && mods=$R/usr/lib/modules # merged /usr: /lib -> usr/lib
+	mount --bind "$R$(cat /ctl/modules)" "$mods" || die "cannot bind the kernel's modules"
+fi
+uname -r >/ctl/uname
+
 mkdir -p "$R/run/netdisk-vm"
 mount --bind /ctl "$R/run/netdisk-vm" || die "cannot bind the ctl share"
 mkdir -p "$R/run/netdisk-vm-home"

@@ -3,8 +3,8 @@
 # kernel that has ublk_drv and nbd, for hosts whose own kernel lacks them.
 # See test/vm/README.md.
 #
-#   test/vm/run.sh [--share DIR]... [--timeout SECONDS] [--mem MB] [--cwd DIR]
-#                  [--env NAME=VALUE]... -- COMMAND...
+#   test/vm/run.sh [--kernel 6.12|7|VERSION] [--share DIR]... [--timeout SECONDS] [--mem MB]
+#                  [--cwd DIR] [--env NAME=VALUE]... -- COMMAND...
 #   test/vm/run.sh --check
 #
 # Exit status: the command's, 124 if the VM timed out, 125 if the harness failed.
@@ -16,6 +16,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(cd "$here/../.." && pwd -P)
 cache=$repo/.vm
 lockfile=${NETDISK_VM_LOCK:-/tmp/netdisk-ublk-vm.lock}
+# shellcheck source=kernels.sh
+. "$here/kernels.sh"
 
 fail() {
 	echo "netdisk-vm: $*" >&2
@@ -27,6 +29,8 @@ usage() {
 usage: test/vm/run.sh [options] -- COMMAND...
        test/vm/run.sh --check
 Runs COMMAND (joined with spaces, by bash -c) in a qemu VM with the ublk/nbd kernel.
+  --kernel SPEC     6.12 (the default: Debian 13's line, bookworm-backports), 7 (the newest
+                    7.x from trixie-backports, fetched by setup), or an exact version
   --share DIR       also share DIR read-write at its own path (repeatable)
   --timeout SEC     kill the VM after SEC seconds, exit 124 (default 1800)
   --mem MB          guest memory (default 2048)
@@ -34,7 +38,7 @@ Runs COMMAND (joined with spaces, by bash -c) in a qemu VM with the ublk/nbd ker
   --env NAME=VALUE  export NAME=VALUE to COMMAND (repeatable)
   --check           only check that the VM can be started here
 Environment: NETDISK_VM_DMESG=FILE receives the guest's kernel log;
-NETDISK_VM_KERNEL=VERSION picks a kernel; NETDISK_VM_ACCEL (default tcg);
+NETDISK_VM_KERNEL=SPEC picks a kernel as --kernel does; NETDISK_VM_ACCEL (default tcg);
 NETDISK_VM_SMP (default 2); NETDISK_VM_LOCK (default /tmp/netdisk-ublk-vm.lock).
 EOF
 }
@@ -48,10 +52,13 @@ accel=${NETDISK_VM_ACCEL:-tcg}
 cpu=${NETDISK_VM_CPU:-max}
 cwd=$repo
 check_only=0
+kernel_spec=${NETDISK_VM_KERNEL:-}
 
 need_arg() { [ $# -ge 2 ] || fail "$1 needs an argument"; }
 while [ $# -gt 0 ]; do
 	case $1 in
+	--kernel) need_arg "$@"; kernel_spec=$2; shift 2 ;;
+	--kernel=*) kernel_spec=${1#*=}; shift ;;
 	--share) need_arg "$@"; shares+=("$2"); shift 2 ;;
 	--share=*) shares+=("${1#*=}"); shift ;;
 	--timeout) need_arg "$@"; timeout_s=$2; shift 2 ;;
@@ -81,26 +88,15 @@ if [ "$check_only" = 0 ] && [ $# -eq 0 ]; then
 fi
 command_str="$*"
 
-# The newest installed 6.12+ generic kernel (not rt, not cloud) with its vmlinuz.
-pick_kernel() {
-	local v best=""
-	for v in $(ls /lib/modules 2>/dev/null); do
-		case $v in *-rt-* | *-cloud-* | *-rt | *-cloud) continue ;; esac
-		[[ $v == *-amd64 ]] || continue
-		[ -r "/boot/vmlinuz-$v" ] || continue
-		[ -f "/lib/modules/$v/modules.dep" ] || continue
-		# Keep versions >= 6.12 (version sort puts the smaller first).
-		[ "$(printf '%s\n' 6.12 "${v%%-*}" | sort -V | head -n1)" = 6.12 ] || continue
-		if [ -z "$best" ] || [ "$(printf '%s\n' "$best" "$v" | sort -V | tail -n1)" = "$v" ]; then
-			best=$v
-		fi
-	done
-	echo "$best"
-}
-
-kver=${NETDISK_VM_KERNEL:-$(pick_kernel)}
-[ -n "$kver" ] || fail "no 6.12+ amd64 kernel in /lib/modules with /boot/vmlinuz-*; run scripts/setup-deps.sh"
-vmlinuz=/boot/vmlinuz-$kver
+[[ $kernel_spec =~ ^[0-9A-Za-z.+~_-]*$ ]] || fail "--kernel: not a kernel version: $kernel_spec"
+if kernel_known_bad "$kernel_spec"; then
+	fail "kernel $kernel_spec is known to oops in ublk's ADD_DEV; pick another"
+fi
+kline=$(kernel_pick "$kernel_spec")
+if [ -z "$kline" ]; then
+	fail "no kernel matching '${kernel_spec:-the installed 6.12+}' (have: $(kernel_list | cut -d' ' -f1 | paste -sd' ')); run scripts/setup-deps.sh"
+fi
+read -r kver vmlinuz modbase <<<"$kline"
 [ -r "$vmlinuz" ] || fail "cannot read $vmlinuz"
 for tool in qemu-system-x86_64 timeout flock cpio gzip xz modprobe; do
 	command -v "$tool" >/dev/null || fail "$tool not found; run scripts/setup-deps.sh"
@@ -141,10 +137,10 @@ fi
 initrd=$cache/initramfs-$kver.cpio.gz
 key=$({
 	echo "$kver"
-	sha256sum "/lib/modules/$kver/modules.dep" /bin/busybox "$here/init.sh" "$here/build-initramfs.sh" | cut -d' ' -f1
+	sha256sum "${modbase%/}/lib/modules/$kver/modules.dep" /bin/busybox "$here/init.sh" "$here/build-initramfs.sh" | cut -d' ' -f1
 } | sha256sum | cut -d' ' -f1)
 if [ ! -f "$initrd" ] || [ "$(cat "$initrd.key" 2>/dev/null)" != "$key" ]; then
-	"$here/build-initramfs.sh" "$kver" "$initrd" || fail "building the initramfs failed"
+	"$here/build-initramfs.sh" "$kver" "$initrd" "$modbase" || fail "building the initramfs failed"
 	echo "$key" >"$initrd.key"
 fi
 
@@ -178,6 +174,8 @@ fsargs=(
 	-device virtio-9p-pci,fsdev=fsctl,mount_tag=ctl
 )
 : >"$ctl/shares"
+# A kernel outside the host's /lib/modules: the guest sees its tree there (modprobe, modinfo).
+[ "$modbase" = / ] || printf '%s\n' "$modbase/lib/modules" >"$ctl/modules"
 i=0
 for p in "${share_paths[@]}"; do
 	fsargs+=(
@@ -206,6 +204,8 @@ elapsed=$(($(date +%s) - started))
 
 [ -f "$ctl/stdout" ] && cat "$ctl/stdout"
 [ -f "$ctl/stderr" ] && cat "$ctl/stderr" >&2
+# Which kernel ran, as the guest's uname -r says; callers (test/helpers/vm.ts) read it here.
+[ -s "$ctl/uname" ] && echo "netdisk-vm: ran on kernel $(cat "$ctl/uname")" >&2
 # The final dmesg when the job ended normally, else what the streamed /dev/kmsg caught,
 # reformatted from its "prio,seq,usec,flags;text" records to dmesg's "[sec] text".
 if [ ! -f "$ctl/dmesg" ] && [ -f "$ctl/kmsg" ]; then
