@@ -7,10 +7,14 @@
 import { EventEmitter } from 'events';
 import * as fs from 'fs';
 import * as net from 'net';
+import * as tls from 'tls';
 import * as C from './constants';
 import * as codec from './codec';
 import { ByteQueue } from './byte-queue';
+import { clientTlsOptions } from './client-tls';
 import { NbdConnectionError, NbdError, NbdHandshakeError, NbdProtocolError, NbdRequestError } from './errors';
+import { TlsFileError } from './tls-files';
+import type { NbdTls } from './uri';
 
 /** Where an export is served: all a connection to it needs to find it. */
 export interface NbdRemote {
@@ -25,6 +29,10 @@ export interface ConnectOptions extends Omit<NbdRemote, 'exportName'> {
   exportName?: string;
   /** Connect plus handshake must finish within this (default 15 s). */
   handshakeTimeoutMs?: number;
+  /** A unix socket path: connect there instead of host:port. */
+  socket?: string;
+  /** TLS required (nbds): STARTTLS is the first option, and nothing goes out in clear text if it fails. */
+  tls?: NbdTls | null;
 }
 
 export interface ExportInfo {
@@ -62,7 +70,10 @@ const DIRECT_READ_MIN_BYTES = 64 * 1024;
 
 export class NbdClient extends EventEmitter {
   readonly info: ExportInfo;
+  /** The NBD stream: the TCP or unix socket, or the TLS socket over it. */
   private readonly sock: net.Socket;
+  /** The socket under TLS (the same as sock without TLS): what abort() resets. */
+  private readonly raw: net.Socket;
   private readonly slots: Slot[] = [];
   private readonly free: number[] = [];
   private inFlight = 0;
@@ -79,13 +90,15 @@ export class NbdClient extends EventEmitter {
   private payloadSlot: Slot | null = null;
   private payloadGot = 0;
 
-  private constructor(sock: net.Socket, info: ExportInfo, recvBuf: Buffer) {
+  private constructor(sock: net.Socket, raw: net.Socket, info: ExportInfo, recvBuf: Buffer) {
     super();
     this.sock = sock;
+    this.raw = raw;
     this.info = info;
     this.recvBuf = recvBuf;
-    // libuv exposes the descriptor of a connected TCP handle; without it, sends take the stream path.
-    const fd = (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    // libuv exposes the descriptor of a connected TCP handle; without it, sends take the stream
+    // path. Over TLS the stream is the only path: the fd would carry clear text.
+    const fd = sock instanceof tls.TLSSocket ? -1 : (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
     this.fd = typeof fd === 'number' && fd >= 0 ? fd : -1;
     sock.on('error', (err) => this.kill(new NbdConnectionError(`connection error: ${err.message}`, { cause: err })));
     sock.on('close', () => this.kill(new NbdConnectionError('connection closed by the server')));
@@ -103,7 +116,7 @@ export class NbdClient extends EventEmitter {
 
   static connect(opts: ConnectOptions): Promise<NbdClient> {
     const timeoutMs = opts.handshakeTimeoutMs ?? 15000;
-    const where = `${opts.host}:${opts.port}`;
+    const where = opts.socket !== undefined ? opts.socket : `${opts.host}:${opts.port}`;
     return new Promise((resolve, reject) => {
       const q = new ByteQueue();
       let waiter: (() => void) | null = null;
@@ -116,42 +129,43 @@ export class NbdClient extends EventEmitter {
         waiter = null;
         w?.();
       };
+      const received = (b: Buffer): void => {
+        q.push(b);
+        const w = waiter;
+        waiter = null;
+        w?.();
+      };
       const sock = net.connect({
-        host: opts.host,
-        port: opts.port,
-        noDelay: true,
+        ...(opts.socket !== undefined ? { path: opts.socket } : { host: opts.host, port: opts.port, noDelay: true }),
         onread: {
           // Called after every read for the buffer of the next one.
           buffer: () => (client ? client.nextReadBuffer() : recvBuf),
           callback: (n: number, buf: Uint8Array) => {
-            if (client) {
-              client.onBytes(buf as Buffer, n);
-            } else {
-              q.push(Buffer.from(buf.subarray(0, n))); // handshake only: copy is fine
-              const w = waiter;
-              waiter = null;
-              w?.();
-            }
+            if (client) client.onBytes(buf as Buffer, n);
+            else received(Buffer.from(buf.subarray(0, n))); // handshake only: copy is fine
             return true;
           },
         },
       });
+      const io: HandshakeIo = { sock, need: async () => Buffer.alloc(0), startTls: null };
       const timer = setTimeout(() => {
         fail(new NbdConnectionError(`no NBD handshake from ${where} within ${timeoutMs} ms`));
+        io.sock.destroy();
         sock.destroy();
       }, timeoutMs);
       const onError = (err: NodeJS.ErrnoException): void => {
         const what = err.code === 'ECONNREFUSED' ? 'connection refused'
           : err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN' ? 'unknown host'
             : err.code === 'EHOSTUNREACH' || err.code === 'ENETUNREACH' ? 'host unreachable'
-              : err.message;
+              : err.code === 'ENOENT' ? 'no such socket'
+                : err.message;
         fail(new NbdConnectionError(`cannot connect to ${where}: ${what}`, { cause: err }));
       };
       const onClose = (): void => fail(new NbdHandshakeError(`${where} closed the connection during the NBD handshake`));
       sock.on('error', onError);
       sock.on('close', onClose);
 
-      const need = async (n: number): Promise<Buffer> => {
+      io.need = async (n: number): Promise<Buffer> => {
         while (q.length < n) {
           if (failure) throw failure;
           await new Promise<void>((r) => { waiter = r; });
@@ -159,18 +173,52 @@ export class NbdClient extends EventEmitter {
         if (failure) throw failure;
         return q.take(n);
       };
+      if (opts.tls) {
+        const settings = opts.tls;
+        io.startTls = async () => {
+          // proto.md: after NBD_REP_ACK, "all further data MUST be sent and received over
+          // TLS". Bytes already here arrived in clear text: a man in the middle's, not the server's.
+          if (q.length !== 0) throw new NbdProtocolError(`${where} sent ${q.length} bytes in clear text after agreeing to TLS`);
+          let tlsOpts: tls.ConnectionOptions;
+          try {
+            tlsOpts = clientTlsOptions(settings, opts.socket !== undefined ? '' : opts.host);
+          } catch (err) {
+            if (err instanceof TlsFileError) throw new NbdHandshakeError(err.message);
+            throw err;
+          }
+          const secure = tls.connect({ ...tlsOpts, socket: sock });
+          io.sock = secure;
+          secure.on('data', (b: Buffer) => (client ? client.onChunk(b) : received(b)));
+          let tlsError: (err: Error) => void = () => undefined;
+          let tlsClose: () => void = () => undefined;
+          await new Promise<void>((resolve2, reject2) => {
+            tlsError = (err) => reject2(new NbdHandshakeError(`${where}: TLS handshake failed: ${tlsReason(err, settings)}`));
+            tlsClose = () => reject2(new NbdHandshakeError(`${where} closed the connection during the TLS handshake`));
+            secure.once('secureConnect', () => resolve2());
+            secure.on('error', tlsError);
+            secure.on('close', tlsClose);
+          });
+          secure.off('error', tlsError);
+          secure.off('close', tlsClose);
+          secure.on('error', onError);
+          secure.on('close', onClose);
+        };
+      }
 
-      handshake(sock, need, opts.exportName ?? '', where).then(
+      handshake(io, opts.exportName ?? '', where).then(
         (info) => {
           clearTimeout(timer);
           if (q.length !== 0) throw new NbdProtocolError(`${where} sent ${q.length} unexpected bytes after the handshake`);
-          sock.off('error', onError);
-          sock.off('close', onClose);
-          client = new NbdClient(sock, info, recvBuf);
+          for (const s of new Set([sock, io.sock])) {
+            s.off('error', onError);
+            s.off('close', onClose);
+          }
+          client = new NbdClient(io.sock, sock, info, recvBuf);
           resolve(client);
         },
       ).catch((err: unknown) => {
         clearTimeout(timer);
+        io.sock.destroy();
         sock.destroy();
         // The handshake's own error says more than the socket event behind it (a refused
         // EXPORT_NAME is seen as a close, and rethrown naming the export).
@@ -245,7 +293,7 @@ export class NbdClient extends EventEmitter {
         if (e.code !== 'EAGAIN' && e.code !== 'EWOULDBLOCK') {
           bufs.length = 0;
           this.kill(new NbdConnectionError(`connection error: ${e.message}`, { cause: e }));
-          abort(this.sock);
+          abort(this.sock, this.raw);
           return;
         }
       }
@@ -303,7 +351,7 @@ export class NbdClient extends EventEmitter {
   /** Drops the connection now (a reset: see abort()); requests in flight fail with err. */
   destroy(err?: NbdConnectionError): void {
     this.kill(err ?? new NbdConnectionError('client destroyed'));
-    abort(this.sock);
+    abort(this.sock, this.raw);
   }
 
   private simple(type: number, flags: number, offset: number, length: number, data: Buffer | null): Promise<void> {
@@ -325,6 +373,11 @@ export class NbdClient extends EventEmitter {
     return this.recvBuf;
   }
 
+  /** Bytes decrypted by TLS (the stream's 'data'): no reading in place, each chunk is parsed where it is. */
+  private onChunk(chunk: Buffer): void {
+    this.parse(chunk, chunk.length);
+  }
+
   /** Consumes n bytes read into buf: the receive buffer (reused after this returns) or a READ payload's place. */
   private onBytes(buf: Buffer, n: number): void {
     if (buf !== this.recvBuf) {
@@ -338,6 +391,11 @@ export class NbdClient extends EventEmitter {
       }
       return;
     }
+    this.parse(buf, n);
+  }
+
+  /** Parses n bytes of replies in buf, copying READ payloads to their places. */
+  private parse(buf: Buffer, n: number): void {
     let pos = 0;
     while (pos < n && !this.dead) {
       const s = this.payloadSlot;
@@ -408,7 +466,7 @@ export class NbdClient extends EventEmitter {
   private protocolError(what: string): void {
     const err = new NbdProtocolError(`server broke the protocol: ${what}`);
     this.kill(new NbdConnectionError(err.message, { cause: err }));
-    abort(this.sock);
+    abort(this.sock, this.raw);
   }
 
   private kill(err: NbdConnectionError): void {
@@ -430,10 +488,11 @@ export class NbdClient extends EventEmitter {
  * heals, writes from a connection given up for stalling could reach the store after newer
  * writes to the same blocks sent over the next connection. A reset discards the queue.
  */
-function abort(sock: net.Socket): void {
-  if (sock.destroyed) return;
-  if (sock.connecting) sock.destroy(); // nothing was sent yet
-  else sock.resetAndDestroy();
+function abort(sock: net.Socket, raw: net.Socket): void {
+  if (sock !== raw) sock.destroy(); // TLS: the reset goes on the socket under it
+  if (raw.destroyed) return;
+  if (raw.connecting || raw.remoteAddress === undefined) raw.destroy(); // nothing sent yet, or a unix socket (no reset there)
+  else raw.resetAndDestroy();
 }
 
 function sendQueuedTick(c: NbdClient): void {
@@ -442,7 +501,24 @@ function sendQueuedTick(c: NbdClient): void {
 
 type Need = (n: number) => Promise<Buffer>;
 
-async function handshake(sock: net.Socket, need: Need, name: string, where: string): Promise<ExportInfo> {
+/** OpenSSL's reason without its location ("...:SSL routines:fn:reason:file:line:"), and what a PSK refusal may mean. */
+function tlsReason(err: Error, settings: NbdTls): string {
+  const m = /SSL routines:[^:]*:([^:]+):/.exec(err.message);
+  const reason = m ? (m[1] as string) : err.message;
+  // A PSK server that does not know the key just ends the handshake, saying nothing more.
+  return settings.pskFile !== undefined ? `${reason} (was our key for this user refused?)` : reason;
+}
+
+/** The handshake's side of the connection; STARTTLS swaps sock for the TLS socket. */
+interface HandshakeIo {
+  sock: net.Socket;
+  need: Need;
+  /** Set when TLS is required: upgrades sock after the server's ACK to STARTTLS. */
+  startTls: (() => Promise<void>) | null;
+}
+
+async function handshake(io: HandshakeIo, name: string, where: string): Promise<ExportInfo> {
+  const need = io.need;
   let greeting: codec.Greeting;
   try {
     greeting = codec.decodeGreeting(await need(codec.GREETING_BYTES));
@@ -452,14 +528,20 @@ async function handshake(sock: net.Socket, need: Need, name: string, where: stri
   }
   const fixed = (greeting.handshakeFlags & C.FLAG_FIXED_NEWSTYLE) !== 0;
   const noZeroes = (greeting.handshakeFlags & C.FLAG_NO_ZEROES) !== 0;
-  sock.write(codec.encodeClientFlags((fixed ? C.FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? C.FLAG_C_NO_ZEROES : 0)));
+  if (io.startTls && !fixed) throw new NbdHandshakeError(`${where} cannot do TLS (no fixed-newstyle negotiation) and nbds requires it`);
+  io.sock.write(codec.encodeClientFlags((fixed ? C.FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? C.FLAG_C_NO_ZEROES : 0)));
+  if (io.startTls) {
+    // STARTTLS first, so that no option (not even the export's name) crosses in clear text
+    // (proto.md "Client-side requirements").
+    await startTls(io, where);
+  }
   if (fixed) {
-    const info = await optGo(sock, need, name, where);
+    const info = await optGo(io.sock, need, name, where);
     if (info) return info;
   }
   // Fallback for servers without NBD_OPT_GO: the older EXPORT_NAME, which enters
   // transmission directly and answers an unknown name by closing the connection.
-  sock.write(codec.encodeOption(C.Opt.EXPORT_NAME, Buffer.from(name, 'utf8')));
+  io.sock.write(codec.encodeOption(C.Opt.EXPORT_NAME, Buffer.from(name, 'utf8')));
   let reply: Buffer;
   try {
     reply = await need(10 + (noZeroes ? 0 : C.EXPORT_NAME_PADDING));
@@ -468,6 +550,24 @@ async function handshake(sock: net.Socket, need: Need, name: string, where: stri
     throw err;
   }
   return { name, size: codec.readU64(reply, 0), flags: reply.readUInt16BE(8), minBlock: 1, preferredBlock: 4096, maxPayload: C.MAX_PAYLOAD_BYTES };
+}
+
+/** NBD_OPT_STARTTLS, then the TLS handshake; any answer but ACK ends the connection (no clear-text fallback). */
+async function startTls(io: HandshakeIo, where: string): Promise<void> {
+  io.sock.write(codec.encodeOption(C.Opt.STARTTLS, Buffer.alloc(0)));
+  const h = codec.decodeOptionReplyHeader(await io.need(codec.OPTION_REPLY_HEADER_BYTES));
+  if (h.magic !== C.OPTION_REPLY_MAGIC) throw new NbdProtocolError(`${where}: bad option reply magic`);
+  if (h.option !== C.Opt.STARTTLS) throw new NbdProtocolError(`${where}: reply to option ${h.option}, expected STARTTLS`);
+  if (h.length > MAX_OPTION_REPLY_BYTES) throw new NbdProtocolError(`${where}: option reply of ${h.length} bytes`);
+  const data = await io.need(h.length);
+  if (h.type !== C.REP_ACK) {
+    const msg = data.length > 0 ? `: ${data.toString('utf8')}` : '';
+    const what = h.type === C.REP_ERR_UNSUP ? 'does not support TLS' : h.type === C.REP_ERR_POLICY ? 'has TLS off'
+      : `refused TLS (reply 0x${h.type.toString(16)})`;
+    throw new NbdHandshakeError(`${where} ${what}${msg}; nbds:// never falls back to clear text`, h.type);
+  }
+  if (!io.startTls) throw new Error('startTls without TLS settings');
+  await io.startTls();
 }
 
 /** NBD_OPT_GO; null when the server does not support it (ERR_UNSUP). */
@@ -500,6 +600,7 @@ async function optGo(sock: net.Socket, need: Need, name: string, where: string):
     if (h.type === C.REP_ERR_UNSUP) return null;
     const msg = data.length > 0 ? `: ${data.toString('utf8')}` : '';
     if (h.type === C.REP_ERR_UNKNOWN) throw new NbdHandshakeError(`${where} has no export "${name}"${msg}`, h.type);
+    if (h.type === C.REP_ERR_TLS_REQD) throw new NbdHandshakeError(`${where} requires TLS: use an nbds:// URI${msg}`, h.type);
     if ((h.type & C.REP_FLAG_ERROR) !== 0) {
       throw new NbdHandshakeError(`${where} refused export "${name}" (error 0x${h.type.toString(16)})${msg}`, h.type);
     }

@@ -62,6 +62,8 @@ export class FaultProxy {
   readonly stats: ProxyStats = { accepted: 0, open: 0, up: 0, down: 0 };
   /** What happened, with timestamps (ms since the epoch), for a test's timeline. */
   readonly events: ProxyEvent[] = [];
+  /** Every byte forwarded, per direction, when recording (to check what crossed in clear text). */
+  recording: { up: Buffer[]; down: Buffer[] } | null = null;
   port = 0;
 
   private constructor(private target: { host: string; port: number }) {
@@ -216,6 +218,7 @@ export class FaultProxy {
       const b = from.held.shift() as Buffer;
       if (up) this.stats.up += b.length;
       else this.stats.down += b.length;
+      this.recording?.[up ? 'up' : 'down'].push(b);
       if (this.mode === 'delay' && this.delayMs > 0) {
         const t = setTimeout(() => { if (!to.sock.destroyed) to.sock.write(b); }, this.delayMs);
         t.unref();

@@ -195,12 +195,12 @@ export async function startNbdServer(cleanup: Cleanup, dir: string, image: strin
 }
 
 /** qemu-nbd serving `image` (raw) as `name`: persistent (-t) so it outlives each client, and shared (-e, default 1) so clients may overlap. */
-export async function startQemuNbd(cleanup: Cleanup, image: string, opts: { name?: string; readOnly?: boolean } = {}): Promise<Peer> {
+export async function startQemuNbd(cleanup: Cleanup, image: string, opts: { name?: string; readOnly?: boolean; extra?: string[] } = {}): Promise<Peer> {
   const bin = requirePeer('qemu-nbd');
   const name = opts.name ?? 'qemu';
   const { port, child } = await onFreePort(cleanup, 'qemu-nbd', (p) => spawnChild(bin, [
     '-f', 'raw', '-t', '-e', '16', '-b', HOST, '-p', String(p), '-x', name, '--discard=unmap', '--cache=writeback',
-    ...(opts.readOnly ? ['-r'] : []), image,
+    ...(opts.readOnly ? ['-r'] : []), ...(opts.extra ?? []), image,
   ]));
   return peer(port, name, child);
 }
