@@ -68,3 +68,23 @@ export function makePsk(file: string, user = 'alice'): string {
   fs.chmodSync(file, 0o600);
   return file;
 }
+
+/** What the TLS tests share: two unrelated CAs, and two PSK files with different keys for alice. */
+export interface TlsMaterial {
+  dir: string;
+  pki: Pki;
+  otherPki: Pki;
+  psk: string;
+  otherPsk: string;
+}
+
+/** Makes the material once in a temporary directory (`tempDir` under the caller's cleanup). */
+export function makeTlsMaterial(dir: string): TlsMaterial {
+  return {
+    dir,
+    pki: makePki(path.join(dir, 'pki')),
+    otherPki: makePki(path.join(dir, 'other-pki')),
+    psk: makePsk(path.join(dir, 'keys.psk'), 'alice'),
+    otherPsk: makePsk(path.join(dir, 'other.psk'), 'alice'),
+  };
+}

@@ -14,7 +14,7 @@ import { cleanupAfterAll, cleanupAfterEach } from '../helpers/procs';
 import { makeImage, MiB, tempDir } from '../helpers/images';
 import { requirePeer, startNbdkit, startQemuNbd } from '../helpers/peers';
 import { serveImage } from '../helpers/serve';
-import { makePki, makePsk, Pki } from '../helpers/tls';
+import { makeTlsMaterial, Pki } from '../helpers/tls';
 
 /** Connects as `add --remote URI` would. */
 function connect(uri: string): Promise<NbdClient> {
@@ -57,11 +57,8 @@ describe('nbd client: TLS', function () {
 
   before(function () {
     requirePeer('certtool');
-    dir = tempDir(shared);
-    pki = makePki(path.join(dir, 'pki'));
-    otherPki = makePki(path.join(dir, 'other'));
-    psk = makePsk(path.join(dir, 'keys.psk'), 'alice');
-    wrongPsk = makePsk(path.join(dir, 'wrong.psk'), 'alice');
+    requirePeer('psktool');
+    ({ dir, pki, otherPki, psk, otherPsk: wrongPsk } = makeTlsMaterial(tempDir(shared)));
   });
 
   describe('nbdkit --tls=require', function () {

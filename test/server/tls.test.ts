@@ -13,7 +13,7 @@ import { makeImage, MiB, readAt, sha256, tempDir, fileHash } from '../helpers/im
 import { nbdinfoJson, requirePeer } from '../helpers/peers';
 import { goData, option, RawConn, u32 } from '../helpers/raw-nbd';
 import { serveImage, Served } from '../helpers/serve';
-import { makePki, makePsk, Pki } from '../helpers/tls';
+import { makeTlsMaterial, Pki } from '../helpers/tls';
 
 const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8 };
 const REP = { ACK: 1, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005 };
@@ -30,11 +30,7 @@ describe('server: TLS', function () {
   before(function () {
     requirePeer('certtool');
     requirePeer('psktool');
-    dir = tempDir(shared);
-    pki = makePki(path.join(dir, 'pki'));
-    otherPki = makePki(path.join(dir, 'other-pki'));
-    psk = makePsk(path.join(dir, 'keys.psk'), 'alice');
-    otherPsk = makePsk(path.join(dir, 'other.psk'), 'alice');
+    ({ dir, pki, otherPki, psk, otherPsk } = makeTlsMaterial(tempDir(shared)));
   });
 
   const x509 = (mode = 'require'): string[] => ['--tls', mode, '--tls-certificates', pki.serverDir];
