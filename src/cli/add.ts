@@ -1,19 +1,21 @@
-// netdisk-ublk add --remote HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N] [--foreground] [--json]
+// netdisk-ublk add --remote URI|HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N] [--foreground] [--json]
 //
 // Without --foreground, add starts the daemon as a detached process and returns once the
 // device is live (or the daemon failed), printing its path. The daemon reports readiness
 // on a pipe (NETDISK_READY_FD) and logs to /run/netdisk-ublk/<id>.log.
 import { DEVICE_DEFAULTS, type DeviceConfig } from '../device/config';
-import { parse, parseHostPort, parseIntArg } from './args';
+import { parse, parseIntArg } from './args';
 import { DEVICE_OPTIONS, DEVICE_USAGE, parseDeviceArgs } from './device-args';
 import { runForeground, spawnDaemon } from './daemonize';
 import { UsageError } from './errors';
+import { parseRemoteArg, REMOTE_USAGE } from './remote-arg';
 
-export const ADD_USAGE = `usage: netdisk-ublk add --remote HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N]
+export const ADD_USAGE = `usage: netdisk-ublk add --remote URI|HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N]
                         [--max-io SIZE] [--timeout S] [--fail-after S] [--foreground] [--json]
-  Creates /dev/ublkbN backed by the NBD export at HOST:PORT (port 10809 by default); its size
-  comes from the server. Returns once the device is live; the daemon keeps serving it.
-  --export NAME  export name (default: the server's default export)
+  Creates /dev/ublkbN backed by the NBD export --remote names; its size comes from the
+  server. Returns once the device is live; the daemon keeps serving it.
+  --remote       ${REMOTE_USAGE}
+  --export NAME  export name (default: the URI's, else the server's default export)
   --id N         device id to claim (default: the next free one); a device N waiting for its
                  daemon is re-attached with the settings it was created with
 ${DEVICE_USAGE}
@@ -35,13 +37,17 @@ export async function add(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length > 0) throw new UsageError(`add: unexpected argument "${positionals[0]}"\n${ADD_USAGE}`);
-  if (values.remote === undefined) throw new UsageError(`add: --remote HOST[:PORT] is required\n${ADD_USAGE}`);
-  const { host, port } = parseHostPort(values.remote, '', '--remote');
-  if (host === '') throw new UsageError('add: --remote needs a host');
-  if (port === 0) throw new UsageError('add: --remote port 0 is not valid');
+  if (values.remote === undefined) throw new UsageError(`add: --remote URI|HOST[:PORT] is required\n${ADD_USAGE}`);
+  const remote = parseRemoteArg(values.remote, 'add');
+  if (values.export !== undefined) {
+    if (remote.exportName !== '' && remote.exportName !== values.export) {
+      throw new UsageError(`add: --export "${values.export}" and the URI's export "${remote.exportName}" differ`);
+    }
+    remote.exportName = values.export;
+  }
   const id = parseIntArg(values.id, '--id', 0, 1_048_575);
   const config: DeviceConfig = {
-    remote: { host, port, exportName: values.export ?? '' },
+    remote,
     ...DEVICE_DEFAULTS,
     ...parseDeviceArgs(values),
   };

@@ -3,11 +3,11 @@ import { CliError } from './errors';
 
 const USAGE = `usage: netdisk-ublk COMMAND [OPTIONS]
 commands:
-  serve IMAGE [--listen HOST:PORT] [--size SIZE] [--name EXPORT] [--read-only]
-  add --remote HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N] [--foreground] [--json]
+  serve IMAGE [--listen HOST:PORT|unix:PATH|URI] [--tls off|on|require] [--size SIZE] [--name EXPORT] [--read-only]
+  add --remote URI|HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N] [--foreground] [--json]
   del ID | --all
   list [--json]
-  recover ID [--remote HOST[:PORT]]
+  recover ID [--remote URI|HOST[:PORT]]
   bench [--quick] [--runs N] [--seconds S] [--stores serve,nbdkit] [--cases LIST] [--queues N] ...
 Run "netdisk-ublk COMMAND --help" for a command's options.`;
 

@@ -3,14 +3,17 @@
 // Starts a new daemon for a device whose daemon died (kill -9, crash): it reconnects to the
 // store recorded for the device and resumes the I/O the kernel kept waiting.
 import { readRecord } from '../device/state';
-import { parse, parseHostPort, parseIntArg } from './args';
+import type { NbdRemote } from '../nbd/client';
+import { isUri } from '../nbd/uri';
+import { parse, parseIntArg } from './args';
 import { runForeground, spawnDaemon } from './daemonize';
 import { CliError, UsageError } from './errors';
+import { parseRemoteArg } from './remote-arg';
 
-export const RECOVER_USAGE = `usage: netdisk-ublk recover ID [--remote HOST[:PORT]] [--foreground] [--json]
+export const RECOVER_USAGE = `usage: netdisk-ublk recover ID [--remote URI|HOST[:PORT]] [--foreground] [--json]
   Re-attaches a new daemon to netdisk-ublk device ID after its daemon died; queued I/O resumes.
-  The store, export, queues and depth come from /run/netdisk-ublk/ID.json; --remote overrides
-  the store's address (same export, same size).`;
+  The store, export, queues and depth come from /run/netdisk-ublk/ID.json; --remote moves the
+  store (same export, same size): a URI replaces the recorded one, HOST[:PORT] only the address.`;
 
 export async function recover(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {
@@ -29,7 +32,17 @@ export async function recover(argv: string[]): Promise<number> {
   if (!values.foreground && process.env.NETDISK_READY_FD === undefined) return spawnDaemon('recover', argv, json);
   const rec = readRecord(id);
   if (!rec) throw new CliError(`recover: no record of device ${id} (looked for it in /run/netdisk-ublk): cannot tell which store it used`);
-  const config = values.remote === undefined ? rec.config
-    : { ...rec.config, remote: { ...rec.config.remote, ...parseHostPort(values.remote, '', '--remote') } };
+  const config = values.remote === undefined ? rec.config : { ...rec.config, remote: movedRemote(rec.config.remote, values.remote) };
   return runForeground('recover', (d) => d.recover(id), { config, id }, json);
+}
+
+/**
+ * The store at its new place: a URI says everything anew (its export must be the same
+ * export: the daemon checks its size); HOST[:PORT] moves only the address, keeping the
+ * export and the TLS settings.
+ */
+function movedRemote(was: NbdRemote, text: string): NbdRemote {
+  const e = parseRemoteArg(text, 'recover');
+  if (isUri(text)) return e;
+  return { ...was, transport: 'tcp', host: e.host, port: e.port, socket: '' };
 }

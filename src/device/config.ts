@@ -3,6 +3,7 @@
 // device record (state.ts) and hands it as it is to each queue worker and its reconnecting
 // client; `recover` and `add --id` read it back from the record.
 import type { NbdRemote } from '../nbd/client';
+import { displayUri } from '../nbd/uri';
 
 export interface DeviceConfig {
   /** The NBD export behind the device. */
@@ -42,7 +43,7 @@ export const DEVICE_LIMITS: Readonly<Record<keyof DeviceSettings, { min: number;
   failAfterMs: { min: 0, max: 7 * 86_400_000 },
 };
 
-/** host:port, as logs and `list` show the store. */
+/** The store's NBD URI, as logs and `list` show it (it holds no secret: see nbd/uri.ts). */
 export function remoteAddress(r: NbdRemote): string {
-  return `${r.host}:${r.port}`;
+  return displayUri(r);
 }

@@ -14,22 +14,19 @@ import { ByteQueue } from './byte-queue';
 import { clientTlsOptions } from './client-tls';
 import { NbdConnectionError, NbdError, NbdHandshakeError, NbdProtocolError, NbdRequestError } from './errors';
 import { TlsFileError } from './tls-files';
-import type { NbdTls } from './uri';
+import type { NbdEndpoint, NbdTls } from './uri';
 
-/** Where an export is served: all a connection to it needs to find it. */
-export interface NbdRemote {
+/** Where an export is served: all a connection to it needs (an NBD URI, parsed). */
+export type NbdRemote = NbdEndpoint;
+
+export interface ConnectOptions {
   host: string;
   port: number;
-  /** '' is the server's default export. */
-  exportName: string;
-}
-
-export interface ConnectOptions extends Omit<NbdRemote, 'exportName'> {
   /** Export name; '' (the default) is the server's default export. */
   exportName?: string;
   /** Connect plus handshake must finish within this (default 15 s). */
   handshakeTimeoutMs?: number;
-  /** A unix socket path: connect there instead of host:port. */
+  /** A unix socket path: connect there instead of host:port ('' or absent: TCP). */
   socket?: string;
   /** TLS required (nbds): STARTTLS is the first option, and nothing goes out in clear text if it fails. */
   tls?: NbdTls | null;
@@ -116,7 +113,7 @@ export class NbdClient extends EventEmitter {
 
   static connect(opts: ConnectOptions): Promise<NbdClient> {
     const timeoutMs = opts.handshakeTimeoutMs ?? 15000;
-    const where = opts.socket !== undefined ? opts.socket : `${opts.host}:${opts.port}`;
+    const where = opts.socket ? opts.socket : `${opts.host}:${opts.port}`;
     return new Promise((resolve, reject) => {
       const q = new ByteQueue();
       let waiter: (() => void) | null = null;
@@ -136,7 +133,7 @@ export class NbdClient extends EventEmitter {
         w?.();
       };
       const sock = net.connect({
-        ...(opts.socket !== undefined ? { path: opts.socket } : { host: opts.host, port: opts.port, noDelay: true }),
+        ...(opts.socket ? { path: opts.socket } : { host: opts.host, port: opts.port, noDelay: true }),
         onread: {
           // Called after every read for the buffer of the next one.
           buffer: () => (client ? client.nextReadBuffer() : recvBuf),
@@ -181,7 +178,7 @@ export class NbdClient extends EventEmitter {
           if (q.length !== 0) throw new NbdProtocolError(`${where} sent ${q.length} bytes in clear text after agreeing to TLS`);
           let tlsOpts: tls.ConnectionOptions;
           try {
-            tlsOpts = clientTlsOptions(settings, opts.socket !== undefined ? '' : opts.host);
+            tlsOpts = clientTlsOptions(settings, opts.socket ? '' : opts.host);
           } catch (err) {
             if (err instanceof TlsFileError) throw new NbdHandshakeError(err.message);
             throw err;

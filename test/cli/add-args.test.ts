@@ -15,7 +15,12 @@ describe('cli: add with bad arguments', function () {
     [['--remote', 'h:1', '--timeout=-5'], /^netdisk-ublk add: --timeout must be a whole number, not "-5"$/m],
     [['--remote', 'h:1', '--max-io', '3x'], /^netdisk-ublk add: --max-io: /m],
     [['--remote', 'h:99999'], /^netdisk-ublk add: .*invalid port "99999"/m],
-    [['--queues', '2'], /^netdisk-ublk add: --remote HOST\[:PORT\] is required/m],
+    [['--queues', '2'], /^netdisk-ublk add: --remote URI\|HOST\[:PORT\] is required/m],
+    [['--remote', 'nbd://h:0/'], /^netdisk-ublk add: --remote port 0 is not valid$/m],
+    [['--remote', 'nbd+unix:///disk'], /^netdisk-ublk add: --remote: nbd\+unix: needs socket=PATH$/m],
+    [['--remote', 'nbds://h/?tls-frob=1'], /^netdisk-ublk add: --remote: unknown query parameter "tls-frob"/m],
+    [['--remote', 'nbds://alice:pw@h/'], /^netdisk-ublk add: --remote: a password in the URI is not accepted/m],
+    [['--remote', 'nbd://h/a', '--export', 'b'], /^netdisk-ublk add: --export "b" and the URI's export "a" differ$/m],
     [['--remote', 'h:1', 'extra'], /^netdisk-ublk add: unexpected argument "extra"/m],
     [['--remote', 'h:1', '--bogus'], /^netdisk-ublk add: Unknown option '--bogus'/m],
   ];
