@@ -1,16 +1,19 @@
 // netdisk-ublk serve IMAGE [--listen HOST:PORT|unix:PATH|URI] [--tls off|on|require] [--size SIZE] [--name EXPORT] [--read-only]
+//                      [--max-connections N] [--handshake-timeout S]
 import { createLogger } from '../log';
 import { FileStore, FileStoreError } from '../server/file-store';
 import { NbdServer } from '../server/server';
+import { SERVER_DEFAULTS } from '../server/settings';
 import { loadServerTls, ServerTls } from '../server/tls';
 import { NbdError } from '../nbd/errors';
 import { parseSize } from '../size';
-import { parse } from './args';
+import { parse, parseIntArg } from './args';
 import { planListen } from './serve-listen';
 import { CliError, UsageError } from './errors';
 
 export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--size SIZE] [--name EXPORT] [--read-only]
                           [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
+                          [--max-connections N] [--handshake-timeout S]
   Serves IMAGE over NBD. Listens on 127.0.0.1:10809 unless --listen says otherwise.
   --listen WHERE  HOST[:PORT], unix:PATH, or an NBD URI: nbd://HOST[:PORT][/EXPORT],
                   nbd+unix:///[EXPORT]?socket=PATH; nbds:// and nbds+unix:// require TLS.
@@ -21,7 +24,9 @@ export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--
   --tls-psk FILE  pre-shared keys, one username:hexkey a line (psktool -p FILE -u NAME)
   --size SIZE   create IMAGE, or grow it (sparse), to SIZE (1440K, 64M, 10G or bytes)
   --name NAME   the export's name (default: "", the default export)
-  --read-only   refuse writes`;
+  --read-only   refuse writes
+  --max-connections N  clients served at once; more are closed at once (default ${SERVER_DEFAULTS.maxConnections})
+  --handshake-timeout S  a client still negotiating after S seconds is closed (default ${SERVER_DEFAULTS.handshakeTimeoutMs / 1000})`;
 
 export async function serve(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {
@@ -32,6 +37,8 @@ export async function serve(argv: string[]): Promise<number> {
     tls: { type: 'string' },
     'tls-certificates': { type: 'string' },
     'tls-psk': { type: 'string' },
+    'max-connections': { type: 'string' },
+    'handshake-timeout': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   }, 'serve');
   if (values.help) {
@@ -45,6 +52,8 @@ export async function serve(argv: string[]): Promise<number> {
     throw new UsageError(`serve: --name "${values.name}" and the listen URI's export "${plan.exportName}" differ`);
   }
   const exportName = values.name ?? plan.exportName ?? '';
+  const maxConnections = parseIntArg(values['max-connections'], 'serve: --max-connections', 1, 65536);
+  const handshakeTimeoutS = parseIntArg(values['handshake-timeout'], 'serve: --handshake-timeout', 1, 3600);
   let size: number | undefined;
   if (values.size !== undefined) {
     try {
@@ -68,7 +77,8 @@ export async function serve(argv: string[]): Promise<number> {
     if (err instanceof FileStoreError) throw new CliError(`serve: ${err.message}`);
     throw err;
   }
-  const server = new NbdServer({ exports: [{ name: exportName, store }], log, tls });
+  const settings = { maxConnections, handshakeTimeoutMs: handshakeTimeoutS === undefined ? undefined : handshakeTimeoutS * 1000 };
+  const server = new NbdServer({ exports: [{ name: exportName, store }], log, tls, settings });
   const where = plan.address;
   try {
     if ('path' in where) await server.listenUnix(where.path);

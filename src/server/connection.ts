@@ -2,13 +2,18 @@
 // Bytes are parsed as they arrive (any split is fine); requests run concurrently against
 // the store and replies go out as each finishes, so they may leave out of order.
 // A malformed stream closes this connection only; a refused request gets an error reply.
+// What a connection holds is bounded in bytes (ServerSettings): each request is admitted
+// against the connection's and the server's budgets before it is read further, and every
+// byte handed to the socket counts until the socket has taken it.
 import { Duplex } from 'stream';
 import { Socket } from 'net';
 import * as C from '../nbd/constants';
 import * as codec from '../nbd/codec';
 import { ByteQueue } from '../nbd/byte-queue';
 import { Logger } from '../log';
+import { ByteBudget } from './byte-budget';
 import { isPooledSize, releaseReplyBuffer, takeReplyBuffer } from './reply-buffers';
+import { ServerSettings, serverSettings } from './settings';
 import { Store } from './store';
 import { ServerTls, startServerTls } from './tls';
 import { ExportLimits, toNbdErrno, validateRequest } from './validate';
@@ -24,8 +29,9 @@ export interface ConnectionOptions {
   lookup(name: string): Export | undefined;
   list(): Export[];
   log: Logger;
-  /** Requests in flight before the connection stops reading (back-pressure). */
-  maxInFlight?: number;
+  settings?: ServerSettings;
+  /** The server's budget shared by its connections (one of its own when absent). */
+  budget?: ByteBudget;
   /** TLS offered (on) or required (require); absent: NBD_OPT_STARTTLS is refused. */
   tls?: ServerTls;
 }
@@ -36,6 +42,8 @@ const enum State {
   OptionData,
   StartTls,
   RequestHeader,
+  /** A request header waits for room in the budgets. */
+  RequestAdmit,
   RequestPayload,
   Closing,
 }
@@ -48,6 +56,12 @@ const MIN_BLOCK = 1;
 const PREFERRED_BLOCK = 4096;
 // On shutdown, how long a client has to close its side once every reply has been sent.
 const SHUTDOWN_LINGER_MS = 5000;
+// What a reply in the socket's queue costs besides its bytes: the Buffer object, the
+// stream's queue entry and ours. Counted so that a client sending small requests it never
+// reads the replies of is bounded too (measured on node 20: 258 bytes of RSS per 16-byte
+// reply queued on a socket whose peer does not read, 166 of them JS heap).
+const REPLY_OVERHEAD_BYTES = 256;
+const REPLY_COST = C.SIMPLE_REPLY_BYTES + REPLY_OVERHEAD_BYTES;
 
 export function transmissionFlags(store: Store): number {
   let f = C.TFLAG_HAS_FLAGS | C.TFLAG_SEND_FLUSH | C.TFLAG_CAN_MULTI_CONN;
@@ -66,21 +80,51 @@ export class ServerConnection {
   private limits: ExportLimits | undefined;
   private option: codec.OptionHeader | undefined;
   private request: codec.RequestHeader | undefined;
+  /** What the request being admitted or received is charged. */
+  private requestCost = 0;
   private inFlight = 0;
+  /** Nothing more is parsed: closing, or shut down. */
   private paused = false;
+  /** Not reading: over a budget until bytes come back. */
+  private blocked = false;
+  private readonly blockLogged = new Set<string>();
+  private pumping = false;
   private draining = false;
   private corked = false;
   private secure = false;
-  private readonly maxInFlight: number;
+  /** Bytes charged to this connection (and to the server's budget). */
+  private held = 0;
+  private gone = false;
+  /**
+   * Replies handed to the socket and not yet taken, oldest first: a stream calls write
+   * callbacks in order. Across STARTTLS too: the clear-text ACK is taken before the client
+   * can start the TLS handshake that any later reply waits for.
+   */
+  private readonly unsent: (Buffer | undefined)[] = [];
+  private unsentHead = 0;
+  private readonly handshakeTimer: NodeJS.Timeout;
+  private readonly settings: ServerSettings;
+  private readonly budget: ByteBudget;
   private readonly log: Logger;
   readonly closed: Promise<void>;
 
   constructor(private sock: Duplex, private readonly opts: ConnectionOptions) {
     this.log = opts.log;
-    this.maxInFlight = opts.maxInFlight ?? 256;
-    this.closed = new Promise((resolve) => sock.once('close', () => resolve()));
+    this.settings = opts.settings ?? serverSettings();
+    this.budget = opts.budget ?? new ByteBudget(this.settings.serverBytes);
+    this.handshakeTimer = setTimeout(() => {
+      this.fail(`handshake not finished within ${this.settings.handshakeTimeoutMs} ms`, 'info');
+    }, this.settings.handshakeTimeoutMs).unref();
+    this.closed = new Promise((resolve) => sock.once('close', () => {
+      this.gone = true;
+      clearTimeout(this.handshakeTimer);
+      this.budget.cancel(this.wake);
+      this.budget.give(this.held);
+      this.held = 0;
+      resolve();
+    }));
     this.attach(sock);
-    sock.write(codec.encodeGreeting(HANDSHAKE_FLAGS));
+    this.out(codec.encodeGreeting(HANDSHAKE_FLAGS));
   }
 
   private readonly onError = (err: Error): void => this.log.debug({ err }, 'socket error');
@@ -108,11 +152,12 @@ export class ServerConnection {
   /** Server shutdown: no new requests, in-flight ones finish and are answered, then close. */
   shutdown(): Promise<void> {
     this.draining = true;
-    if (this.state !== State.RequestHeader && this.state !== State.RequestPayload) {
+    if (this.exp === undefined || this.state === State.Closing) {
       this.sock.destroy();
     } else {
       this.sock.pause();
       this.paused = true;
+      this.blocked = false;
       this.state = State.Closing;
       this.endWhenIdle();
     }
@@ -120,6 +165,18 @@ export class ServerConnection {
   }
 
   private pump(): void {
+    // A store that completes inline runs finish() from inside dispatch(); the loop below
+    // picks up whatever that changed.
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      this.parse();
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private parse(): void {
     while (!this.paused) {
       switch (this.state) {
         case State.ClientFlags: {
@@ -132,6 +189,8 @@ export class ServerConnection {
         }
         case State.OptionHeader: {
           if (this.q.length < codec.OPTION_HEADER_BYTES) return;
+          // Option replies count too: a client that never reads them stops being read.
+          if (!this.admit(0)) return;
           const h = codec.decodeOptionHeader(this.q.take(codec.OPTION_HEADER_BYTES));
           if (h.magic !== C.IHAVEOPT) return this.fail('bad option magic');
           if (h.length > C.MAX_OPTION_BYTES) return this.fail(`option ${h.option} claims ${h.length} bytes of data`);
@@ -149,15 +208,30 @@ export class ServerConnection {
           if (this.q.length < C.REQUEST_HEADER_BYTES) return;
           const h = codec.decodeRequestHeader(this.q.take(C.REQUEST_HEADER_BYTES));
           if (h.magic !== C.REQUEST_MAGIC) return this.fail(`bad request magic 0x${h.magic.toString(16)}`);
+          // The payload must be read to stay in step even if the write is refused; one
+          // larger than the protocol's maximum is not worth buffering.
+          if (h.type === C.Cmd.WRITE && h.length > C.MAX_PAYLOAD_BYTES) {
+            return this.fail(`write of ${h.length} bytes exceeds the maximum payload`);
+          }
+          this.request = h;
+          this.state = State.RequestAdmit;
+          break;
+        }
+        case State.RequestAdmit: {
+          const h = this.request as codec.RequestHeader;
+          // Charged before the payload is read or the read buffer allocated: a write whose
+          // payload trickles in holds its budget, not more.
+          const cost = costOf(h);
+          if (!this.admit(cost)) return;
+          this.charge(cost);
+          this.requestCost = cost;
           if (h.type === C.Cmd.WRITE) {
-            // The payload must be read to stay in step even if the write is refused; one
-            // larger than the protocol's maximum is not worth buffering.
-            if (h.length > C.MAX_PAYLOAD_BYTES) return this.fail(`write of ${h.length} bytes exceeds the maximum payload`);
-            this.request = h;
             this.state = State.RequestPayload;
             break;
           }
-          this.dispatch(h, null);
+          this.request = undefined;
+          this.state = State.RequestHeader;
+          this.dispatch(h, null, cost);
           break;
         }
         case State.RequestPayload: {
@@ -166,7 +240,7 @@ export class ServerConnection {
           const payload = this.q.takeChunks(h.length);
           this.request = undefined;
           this.state = State.RequestHeader;
-          this.dispatch(h, payload);
+          this.dispatch(h, payload, this.requestCost);
           break;
         }
         case State.StartTls:
@@ -192,7 +266,7 @@ export class ServerConnection {
         const exp = this.opts.lookup(name);
         // No error reply exists for EXPORT_NAME: the spec says to disconnect.
         if (!exp) return this.fail(`unknown export "${name}" requested with EXPORT_NAME`, 'info');
-        this.sock.write(codec.encodeExportNameReply(exp.store.size, transmissionFlags(exp.store), this.noZeroes));
+        this.out(codec.encodeExportNameReply(exp.store.size, transmissionFlags(exp.store), this.noZeroes));
         return this.enterTransmission(exp);
       }
       case C.Opt.ABORT:
@@ -259,10 +333,66 @@ export class ServerConnection {
 
   private reply(option: number, type: number, data?: Buffer | string): void {
     const body = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
-    this.sock.write(codec.encodeOptionReply(option, type, body));
+    this.out(codec.encodeOptionReply(option, type, body));
   }
 
+  /**
+   * Whether a request costing `cost` bytes may go ahead. If not, the connection stops
+   * reading (TCP then holds the client back) until bytes come back: its own replies being
+   * taken or its requests finishing, or, for the server's budget, anyone's.
+   */
+  private admit(cost: number): boolean {
+    const s = this.settings;
+    let over: string | undefined;
+    if (this.inFlight >= s.maxInFlight) {
+      over = 'requests';
+    } else if (this.held !== 0 && this.held + cost > s.connectionBytes) {
+      over = 'connection';
+    } else if (this.held + cost > s.reserveBytes && !this.budget.fits(cost)) {
+      over = 'server';
+      this.budget.wait(this.wake);
+    }
+    if (over === undefined) {
+      if (this.blocked) {
+        this.blocked = false;
+        this.sock.resume();
+      }
+      return true;
+    }
+    if (!this.blocked) {
+      this.blocked = true;
+      this.sock.pause();
+    }
+    // Once per connection and cause, never per request.
+    if (!this.blockLogged.has(over)) {
+      this.blockLogged.add(over);
+      const fields = { held: this.held, inFlight: this.inFlight, serverHeld: this.budget.used };
+      if (over === 'requests') this.log.debug({ ...fields, limit: s.maxInFlight }, 'request limit reached: not reading until requests finish');
+      else if (over === 'connection') this.log.info({ ...fields, limit: s.connectionBytes }, 'connection memory budget reached: not reading until its replies drain');
+      else this.log.warn({ ...fields, limit: s.serverBytes }, 'server memory budget reached: connection not read until memory comes back');
+    }
+    return false;
+  }
+
+  private charge(n: number): void {
+    this.held += n;
+    this.budget.take(n);
+  }
+
+  private release(n: number): void {
+    if (this.gone) return;
+    this.held -= n;
+    this.budget.give(n);
+    if (this.blocked) this.pump();
+  }
+
+  /** From the server's budget once bytes came back. */
+  private readonly wake = (): void => {
+    if (this.blocked && !this.gone) this.pump();
+  };
+
   private enterTransmission(exp: Export): void {
+    clearTimeout(this.handshakeTimer);
     this.exp = exp;
     const s = exp.store;
     this.limits = {
@@ -274,27 +404,24 @@ export class ServerConnection {
     this.log.debug({ export: exp.name }, 'transmission');
   }
 
-  private dispatch(h: codec.RequestHeader, payload: Buffer[] | null): void {
+  private dispatch(h: codec.RequestHeader, payload: Buffer[] | null, cost: number): void {
     const store = (this.exp as Export).store;
     if (h.type === C.Cmd.DISC) {
+      this.release(cost);
       this.state = State.Closing;
       this.endWhenIdle();
       return;
     }
-    if (this.draining) return this.sendError(h, C.NBD_ESHUTDOWN);
+    if (this.draining) return this.sendError(h, C.NBD_ESHUTDOWN, cost);
     const errno = validateRequest(h.type, h.flags, h.offset, h.length, this.limits as ExportLimits);
-    if (errno !== 0) return this.sendError(h, errno);
+    if (errno !== 0) return this.sendError(h, errno, cost);
     this.inFlight++;
-    if (this.inFlight >= this.maxInFlight && !this.paused) {
-      this.paused = true;
-      this.sock.pause();
-    }
     const fua = (h.flags & C.CMD_FLAG_FUA) !== 0;
-    const done = (err: Error | null): void => this.finish(h, err, null);
+    const done = (err: Error | null): void => this.finish(h, err, null, cost);
     switch (h.type) {
       case C.Cmd.READ: {
         const out = takeReplyBuffer(C.SIMPLE_REPLY_BYTES + h.length);
-        store.read(out, C.SIMPLE_REPLY_BYTES, h.length, h.offset, (err) => this.finish(h, err, out));
+        store.read(out, C.SIMPLE_REPLY_BYTES, h.length, h.offset, (err) => this.finish(h, err, out, cost));
         return;
       }
       case C.Cmd.WRITE:
@@ -308,48 +435,67 @@ export class ServerConnection {
     }
   }
 
-  private finish(h: codec.RequestHeader, err: Error | null, readBuf: Buffer | null): void {
+  /** The reply is charged as it is handed to the socket; then the request's charge comes back. */
+  private finish(h: codec.RequestHeader, err: Error | null, readBuf: Buffer | null, cost: number): void {
     this.inFlight--;
     if (err) {
       this.log.warn({ err, cmd: C.CMD_NAMES[h.type], offset: h.offset, length: h.length }, 'store error');
-      this.sendError(h, toNbdErrno(err));
       if (readBuf) releaseReplyBuffer(readBuf);
-    } else if (readBuf) {
-      codec.writeSimpleReplyHeader(readBuf, 0, 0, h.cookieHi, h.cookieLo);
-      this.send(readBuf);
+      this.sendError(h, toNbdErrno(err), cost);
     } else {
-      const b = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
+      let b = readBuf;
+      if (b === null) b = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
       codec.writeSimpleReplyHeader(b, 0, 0, h.cookieHi, h.cookieLo);
       this.send(b);
+      this.release(cost);
     }
-    if (this.state === State.Closing) return this.endWhenIdle();
-    if (this.paused && this.inFlight < this.maxInFlight / 2) {
-      this.paused = false;
-      this.sock.resume();
-      this.pump();
-    }
+    if (this.state === State.Closing) this.endWhenIdle();
   }
 
-  private sendError(h: codec.RequestHeader, errno: number): void {
+  private sendError(h: codec.RequestHeader, errno: number, cost: number): void {
     const b = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
     codec.writeSimpleReplyHeader(b, 0, errno, h.cookieHi, h.cookieLo);
     this.send(b);
+    this.release(cost);
   }
 
-  /**
-   * Replies of one tick leave in one writev: the socket is corked until the tick's end.
-   * A large read reply's buffer goes back to the pool once the socket has taken it.
-   */
+  /** Replies of one tick leave in one writev: the socket is corked until the tick's end. */
   private send(b: Buffer): void {
-    if (this.sock.destroyed || this.sock.writableEnded) return;
-    if (!this.corked) {
+    if (!this.corked && !this.sock.destroyed && !this.sock.writableEnded) {
       this.corked = true;
       this.sock.cork();
       process.nextTick(uncork, this);
     }
-    if (isPooledSize(b.length)) this.sock.write(b, () => releaseReplyBuffer(b));
-    else this.sock.write(b);
+    this.out(b);
   }
+
+  /**
+   * Everything the connection sends goes through here: charged until the socket has taken
+   * it (its write callback), and a large read reply's buffer then goes back to the pool.
+   */
+  private out(b: Buffer): void {
+    if (this.sock.destroyed || this.sock.writableEnded) return;
+    this.charge(b.length + REPLY_OVERHEAD_BYTES);
+    this.unsent.push(b);
+    this.sock.write(b, this.written);
+  }
+
+  private readonly written = (err?: Error | null): void => {
+    const b = this.unsent[this.unsentHead] as Buffer;
+    this.unsent[this.unsentHead++] = undefined;
+    if (this.unsentHead === this.unsent.length) {
+      this.unsent.length = 0;
+      this.unsentHead = 0;
+    } else if (this.unsentHead >= 1024 && this.unsentHead * 2 >= this.unsent.length) {
+      this.unsent.splice(0, this.unsentHead);
+      this.unsentHead = 0;
+    }
+    // After an error the socket is gone and its callbacks may not come in order: the buffer
+    // is left to the garbage collector rather than risk pooling one still being sent.
+    if (err || this.gone) return;
+    if (isPooledSize(b.length)) releaseReplyBuffer(b);
+    this.release(b.length + REPLY_OVERHEAD_BYTES);
+  };
 
   /** From nextTick (see send). */
   flushReplies(): void {
@@ -375,6 +521,7 @@ export class ServerConnection {
     this.log[level]({ reason }, 'closing connection');
     this.state = State.Closing;
     this.paused = true;
+    this.blocked = false;
     this.q.clear();
     this.sock.destroy();
   }
@@ -382,4 +529,10 @@ export class ServerConnection {
 
 function uncork(c: ServerConnection): void {
   c.flushReplies();
+}
+
+/** What a request is charged from admission to its reply: its payload or read data, and the reply. */
+function costOf(h: codec.RequestHeader): number {
+  const data = h.type === C.Cmd.WRITE || (h.type === C.Cmd.READ && h.length <= C.MAX_PAYLOAD_BYTES) ? h.length : 0;
+  return data + REPLY_COST;
 }

@@ -1,15 +1,19 @@
 // The NBD server: listens, hands each connection to a ServerConnection, and shuts down
-// gracefully (stop accepting, let in-flight requests finish, flush the stores).
+// gracefully (stop accepting, let in-flight requests finish, flush the stores). Its
+// connections share one memory budget, and there are at most settings.maxConnections.
 import * as fs from 'fs';
 import * as net from 'net';
 import { Logger, silentLogger } from '../log';
+import { ByteBudget } from './byte-budget';
 import { Export, ServerConnection } from './connection';
+import { ServerSettings, serverSettings } from './settings';
 import { ServerTls } from './tls';
 
 export interface ServerOptions {
   exports: Export[];
   log?: Logger;
-  maxInFlight?: number;
+  /** Those not given take their defaults (SERVER_DEFAULTS). */
+  settings?: Partial<ServerSettings>;
   /** TLS offered or required on every connection; absent: clear text only. */
   tls?: ServerTls;
 }
@@ -24,11 +28,17 @@ export class NbdServer {
   private readonly log: Logger;
   private nextId = 1;
   private closing: Promise<void> | undefined;
+  private readonly settings: ServerSettings;
+  private readonly budget: ByteBudget;
+  /** Connections refused since the limit was last reached (logged once per episode). */
+  private refused = 0;
 
   constructor(private readonly opts: ServerOptions) {
     if (opts.exports.length === 0) throw new Error('an NBD server needs at least one export');
     for (const e of opts.exports) this.byName.set(e.name, e);
     this.log = opts.log ?? silentLogger;
+    this.settings = serverSettings(opts.settings);
+    this.budget = new ByteBudget(this.settings.serverBytes);
     this.server = net.createServer({ noDelay: true }, (sock) => this.accept(sock));
   }
 
@@ -91,20 +101,35 @@ export class NbdServer {
       sock.destroy();
       return;
     }
+    const remote = sock.remoteAddress === undefined ? 'unix' : `${sock.remoteAddress}:${sock.remotePort}`;
+    if (this.conns.size >= this.settings.maxConnections) {
+      sock.destroy();
+      // One line when the limit is reached and one when it clears, however many are refused.
+      if (this.refused++ === 0) {
+        this.log.warn({ limit: this.settings.maxConnections, remote },
+          'connection limit reached: refusing new connections');
+      }
+      return;
+    }
     const id = this.nextId++;
-    const log = this.log.child({ conn: id, remote: sock.remoteAddress === undefined ? 'unix' : `${sock.remoteAddress}:${sock.remotePort}` });
+    const log = this.log.child({ conn: id, remote });
     log.debug('connected');
     const conn = new ServerConnection(sock, {
       lookup: (name) => this.byName.get(name) ?? (name === '' ? this.opts.exports[0] : undefined),
       list: () => this.opts.exports,
       log,
-      maxInFlight: this.opts.maxInFlight,
+      settings: this.settings,
+      budget: this.budget,
       tls: this.opts.tls,
     });
     this.conns.add(conn);
     void conn.closed.then(() => {
       this.conns.delete(conn);
       log.debug('disconnected');
+      if (this.refused !== 0) {
+        this.log.info({ refused: this.refused }, 'below the connection limit again');
+        this.refused = 0;
+      }
     });
   }
 }

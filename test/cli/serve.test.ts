@@ -85,6 +85,15 @@ describe('cli: serve', function () {
       assert.ok(!fs.existsSync(path.join(dir, 'x.img')), 'a usage error created the image');
     });
 
+    it('a bad --max-connections or --handshake-timeout', async function () {
+      for (const [flag, value] of [['--max-connections', '0'], ['--max-connections', 'many'], ['--handshake-timeout', '0'], ['--handshake-timeout', '1.5']]) {
+        const r = await cli(cleanup, ['serve', path.join(dir, 'x.img'), '--size', '1M', flag as string, value as string]);
+        assert.strictEqual(r.code, 2, `${flag} ${value}: ${r.stderr}`);
+        assertMessage(r, new RegExp(`${flag} must be`));
+      }
+      assert.ok(!fs.existsSync(path.join(dir, 'x.img')), 'a usage error created the image');
+    });
+
     it('an unknown command', async function () {
       const r = await cli(cleanup, ['srve', 'x.img']);
       assert.strictEqual(r.code, 2);

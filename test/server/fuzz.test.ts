@@ -21,6 +21,7 @@ import * as fs from 'fs';
 import * as net from 'net';
 import { Duplex } from 'stream';
 import { ServerConnection } from '../../src/server/connection';
+import { serverSettings } from '../../src/server/settings';
 import type { Done, Store } from '../../src/server/store';
 import { silentLogger } from '../../src/log';
 import { cleanupAfterAll } from '../helpers/procs';
@@ -433,7 +434,8 @@ async function runInProcess(rng: Rng, bytes: Buffer, shape: ExportShape): Promis
   const sock = new MemorySocket();
   const exp = { name: EXPORT, store };
   const conn = new ServerConnection(sock, {
-    lookup: (n) => (known(n) ? exp : undefined), list: () => [exp], log: silentLogger, maxInFlight: 1 + rng.int(8),
+    lookup: (n) => (known(n) ? exp : undefined), list: () => [exp], log: silentLogger,
+    settings: serverSettings({ maxInFlight: 1 + rng.int(8) }),
   });
   const outcome: Outcome = { closed: false };
   void conn.closed.then(() => { outcome.closed = true; });
