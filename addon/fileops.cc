@@ -30,27 +30,17 @@
 #include <vector>
 
 #include "errors.h"
+#include "ring-poll.h"
 
 namespace {
 
 using ublk::ErrnoError;
+using ublk::RingPoll;
 
 // Ids index a table of iovec arrays; JS reuses small ids, so this bound is generous.
 constexpr uint32_t kMaxId = 1u << 20;
 
-class FileRing;
-
-// The uv_poll_t may outlive the FileRing's interest in it: uv_close completes on a later
-// loop turn, and an environment being torn down (worker exit) has to wait for that, hence
-// the async cleanup hook, removed once the handle is closed.
-struct PollHandle {
-  uv_poll_t handle;
-  FileRing* ring;
-  napi_async_cleanup_hook_handle hook = nullptr;
-  bool closing = false;
-};
-
-class FileRing : public Napi::ObjectWrap<FileRing> {
+class FileRing : public Napi::ObjectWrap<FileRing>, public RingPoll::Owner {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "FileRing",
@@ -98,34 +88,15 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
       sqeFd_ = fd_;
     }
 
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok) {
+    try {
+      poll_.Start(env, ring_.ring_fd, this);
+    } catch (...) {
       Teardown();
-      throw Napi::Error::New(env, "napi_get_uv_event_loop failed");
-    }
-    auto poll = std::make_unique<PollHandle>();
-    poll->ring = this;
-    rc = uv_poll_init(loop, &poll->handle, ring_.ring_fd);
-    if (rc < 0) {
-      Teardown();
-      throw ErrnoError(env, -rc, "uv_poll_init");
-    }
-    poll->handle.data = poll.get();
-    rc = uv_poll_start(&poll->handle, UV_READABLE, OnPoll);
-    napi_status hooked = rc == 0 ? napi_add_async_cleanup_hook(env, OnEnvCleanup, poll.get(), &poll->hook) : napi_ok;
-    if (rc != 0 || hooked != napi_ok) {
-      PollHandle* h = poll.release();
-      h->ring = nullptr;
-      h->closing = true;
-      uv_close(reinterpret_cast<uv_handle_t*>(&h->handle), OnHandleClosed);
-      Teardown();
-      if (rc != 0) throw ErrnoError(env, -rc, "uv_poll_start");
-      throw Napi::Error::New(env, "napi_add_async_cleanup_hook failed");
+      throw;
     }
     // An idle ring must not keep the process alive; Track() refs the handle while
     // requests are in flight.
-    uv_unref(reinterpret_cast<uv_handle_t*>(&poll->handle));
-    poll_ = poll.release();
+    poll_.Unref();
 
     results_ = Napi::Persistent(results);
     // The callback (and through it the caller's state, buffers included) is held by a
@@ -140,16 +111,9 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
 
   ~FileRing() override {
     // Reached by garbage collection of an idle ring never closed (in-flight requests
-    // keep the object referenced, see Track), or at environment teardown.
-    if (poll_ != nullptr) {
-      PollHandle* h = poll_;
-      poll_ = nullptr;
-      h->ring = nullptr;
-      if (!h->closing && !envGone_) {
-        h->closing = true;
-        uv_close(reinterpret_cast<uv_handle_t*>(&h->handle), OnHandleClosed);
-      }
-    }
+    // keep the object referenced, see Track), or at environment teardown (after
+    // OnEnvGone, which leaves no poll open).
+    poll_.Close();
     Teardown();
     // napi_async_destroy is not safe while the environment is being torn down.
     if (envGone_) static_cast<void>(asyncContext_.release());
@@ -278,15 +242,7 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
     Napi::Env env = info.Env();
     if (closed_) return env.Undefined();
     closed_ = true;
-    if (poll_ != nullptr) {
-      PollHandle* h = poll_;
-      poll_ = nullptr;
-      h->ring = nullptr;
-      if (!h->closing) {
-        h->closing = true;
-        uv_close(reinterpret_cast<uv_handle_t*>(&h->handle), OnHandleClosed);
-      }
-    }
+    poll_.Close();
     if (inflight_ > 0) Unref();
     inflight_ = 0;
     onComplete_.Reset();
@@ -361,9 +317,9 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
     inflight_ += delta;
     if (before == 0 && inflight_ > 0) {
       Ref();
-      if (poll_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(&poll_->handle));
+      poll_.Ref();
     } else if (before > 0 && inflight_ == 0) {
-      if (poll_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(&poll_->handle));
+      poll_.Unref();
       Unref();
     }
   }
@@ -397,34 +353,15 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
     return n;
   }
 
-  static void OnPoll(uv_poll_t* handle, int status, int) {
-    auto* h = static_cast<PollHandle*>(handle->data);
-    if (h->ring != nullptr) h->ring->OnReadable(status);
-  }
-
-  static void OnHandleClosed(uv_handle_t* handle) {
-    auto* h = static_cast<PollHandle*>(handle->data);
-    if (h->hook != nullptr) napi_remove_async_cleanup_hook(h->hook);
-    delete h;
-  }
-
-  static void OnEnvCleanup(napi_async_cleanup_hook_handle, void* arg) {
-    auto* h = static_cast<PollHandle*>(arg);
-    if (h->ring != nullptr) {
-      h->ring->envGone_ = true;
-      h->ring->poll_ = nullptr;
-      h->ring->Teardown();
-    }
-    h->ring = nullptr;
-    if (!h->closing) {
-      h->closing = true;
-      uv_close(reinterpret_cast<uv_handle_t*>(&h->handle), OnHandleClosed);
-    }
+  // The environment is going away with the ring open (worker exit).
+  void OnEnvGone() override {
+    envGone_ = true;
+    Teardown();
   }
 
   // One wake-up: queued SQEs held back by EBUSY go in, then every completion is handed
   // to JS, capacity at a time, one call each.
-  void OnReadable(int status) {
+  void OnReadable(int status) override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     // A local handle first: reaping the last request in flight drops the strong
@@ -433,7 +370,7 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
     if (status < 0) {
       // Not seen in practice: polling the ring fd failed, so no completion would ever
       // arrive and every request in flight would hang. Fail loudly instead.
-      uv_poll_stop(&poll_->handle);
+      poll_.Stop();
       napi_fatal_exception(env, ErrnoError(env, -status, "uv_poll").Value());
       return;
     }
@@ -477,7 +414,7 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
   uint32_t capacity_ = 0;
   uint32_t inflight_ = 0;
   std::vector<std::vector<iovec>> iovs_;
-  PollHandle* poll_ = nullptr;
+  RingPoll poll_;
   Napi::Reference<Napi::Int32Array> results_;
   Napi::FunctionReference onComplete_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;

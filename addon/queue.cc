@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "ring-poll.h"
 #include "uapi/ublk_cmd.h"
 
 namespace ublk {
@@ -59,22 +60,10 @@ enum TagState : uint8_t {
   kFailed,    // the kernel refused the command; nothing is outstanding
 };
 
-class Queue;
-
-// The uv_poll_t outlives the Queue's interest in it: uv_close completes on a later
-// loop turn, and an environment being torn down (worker exit) has to wait for it,
-// hence the async cleanup hook, removed only once the handle is closed.
-struct PollHandle {
-  uv_poll_t handle;
-  Queue* queue;
-  napi_async_cleanup_hook_handle hook = nullptr;
-  bool closing = false;
-};
-
 size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-class Queue : public Napi::ObjectWrap<Queue> {
+class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Queue",
@@ -115,7 +104,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
     // Reached by garbage collection of a queue never started or already closed,
     // or at environment teardown. JS cannot run here, so the ArrayBuffers are
     // not detached; their own finalizers release the memory.
-    if (poll_ != nullptr) poll_->queue = nullptr;
+    poll_.Close();
     if (!closed_) {
       closed_ = true;
       ReleaseKernel();
@@ -205,9 +194,6 @@ class Queue : public Napi::ObjectWrap<Queue> {
     Napi::Uint16Array ready = info[1].As<Napi::Uint16Array>();
     if (ready.ElementLength() < depth_) throw Napi::RangeError::New(env, "readyTags must hold depth entries");
 
-    uv_loop_t* loop = nullptr;
-    NAPI_THROW_IF_FAILED(env, napi_get_uv_event_loop(env, &loop), Napi::Value());
-
     for (uint32_t tag = 0; tag < depth_; tag++) {
       if (!Prep(fetchOp_, static_cast<uint16_t>(tag), 0)) throw Napi::Error::New(env, "submission queue full");
       state_[tag] = kInKernel;
@@ -215,22 +201,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
     int rc = Submit();
     if (rc < 0) throw ErrnoError(env, -rc, "io_uring_enter");
 
-    auto poll = std::make_unique<PollHandle>();
-    poll->queue = this;
-    rc = uv_poll_init(loop, &poll->handle, ring_.ring_fd);
-    if (rc < 0) throw ErrnoError(env, -rc, "uv_poll_init");
-    poll->handle.data = poll.get();
-    rc = uv_poll_start(&poll->handle, UV_READABLE, OnPoll);
-    napi_status hooked = rc == 0 ? napi_add_async_cleanup_hook(env, OnEnvCleanup, poll.get(), &poll->hook) : napi_ok;
-    if (rc != 0 || hooked != napi_ok) {
-      PollHandle* p = poll.release();
-      p->queue = nullptr;
-      p->closing = true;
-      uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), OnHandleClosed);
-      if (rc != 0) throw ErrnoError(env, -rc, "uv_poll_start");
-      throw Napi::Error::New(env, "napi_add_async_cleanup_hook failed");
-    }
-    poll_ = poll.release();
+    poll_.Start(env, ring_.ring_fd, this);
 
     onRequests_ = Napi::Persistent(info[0].As<Napi::Function>());
     ready_ = Napi::Persistent(ready);
@@ -284,15 +255,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
     Napi::Env env = info.Env();
     if (closed_) return env.Undefined();
     closed_ = true;
-    if (poll_ != nullptr) {
-      PollHandle* p = poll_;
-      poll_ = nullptr;
-      p->queue = nullptr;
-      if (!p->closing) {
-        p->closing = true;
-        uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), OnHandleClosed);
-      }
-    }
+    poll_.Close();
     if (started_) Unref();
     onRequests_.Reset();
     onStopped_.Reset();
@@ -364,44 +327,22 @@ class Queue : public Napi::ObjectWrap<Queue> {
     return rc;
   }
 
-  static void OnPoll(uv_poll_t* handle, int status, int) {
-    auto* p = static_cast<PollHandle*>(handle->data);
-    if (p->queue != nullptr) p->queue->OnReadable(status);
-  }
-
-  static void OnHandleClosed(uv_handle_t* handle) {
-    auto* p = static_cast<PollHandle*>(handle->data);
-    if (p->hook != nullptr) napi_remove_async_cleanup_hook(p->hook);
-    delete p;
-  }
-
   // The environment (a worker, or the main thread at exit) is going away while
-  // the queue is still open: release the kernel side, close the handle, and let
-  // the environment finish once it is closed.
-  static void OnEnvCleanup(napi_async_cleanup_hook_handle, void* arg) {
-    auto* p = static_cast<PollHandle*>(arg);
-    if (p->queue != nullptr) p->queue->OnEnvGone();
-    p->queue = nullptr;
-    if (!p->closing) {
-      p->closing = true;
-      uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), OnHandleClosed);
-    }
-  }
-
-  void OnEnvGone() {
+  // the queue is still open: release the kernel side; RingPoll closes the handle
+  // and lets the environment finish once it is closed.
+  void OnEnvGone() override {
     envGone_ = true;
-    poll_ = nullptr;
     ReleaseKernel();
   }
 
   // One wake-up: reap every CQE, then at most one call of each callback.
-  void OnReadable(int status) {
+  void OnReadable(int status) override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     if (status < 0) {
       // The ring fd itself failed (not seen in practice): nothing more will
       // arrive through it, so report once and stop polling.
-      uv_poll_stop(&poll_->handle);
+      poll_.Stop();
       Invoke(onError_, {Napi::Number::New(env, -1), Napi::Number::New(env, -status)});
       return;
     }
@@ -433,7 +374,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
     bool finished = finished_ == depth_ && !stopped_;
     if (finished) {
       stopped_ = true;
-      uv_poll_stop(&poll_->handle);
+      poll_.Stop();
     }
     // Each callback may close the queue; stop touching it once it has.
     if (nReady > 0) {
@@ -485,7 +426,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
   std::vector<int32_t> errResults_;
   uint32_t finished_ = 0;
 
-  PollHandle* poll_ = nullptr;
+  RingPoll poll_;
   Napi::FunctionReference onRequests_;
   Napi::FunctionReference onStopped_;
   Napi::FunctionReference onError_;

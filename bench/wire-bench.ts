@@ -22,7 +22,7 @@ import { parseArgs } from 'util';
 import * as C from '../src/nbd/constants';
 import { NbdClient } from '../src/nbd/client';
 import { NbdError } from '../src/nbd/errors';
-import { packageRoot } from '../src/package-root';
+import { packageRoot } from '../src/native/load';
 import { parseSize } from '../src/size';
 import { pidAlive } from '../src/device/state';
 

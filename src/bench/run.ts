@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { packageRoot } from '../package-root';
+import { packageRoot } from '../native/load';
 import type { BenchCase } from './cases';
 import { attachNbd, attachUblk, type AttachedDevice, type ClientKind, type NbdSettings, type UblkSettings } from './devices';
 import { runFio, type FioOptions } from './fio';

@@ -9,7 +9,7 @@ import { QueueService } from '../device/queue-service';
 import { silentLogger } from '../log';
 import { ReconnectingClient } from '../nbd/reconnecting-client';
 import { IO_DESC_SIZE, UblkIoOp } from '../ublk/constants';
-import type { NativeQueue, UblkNative } from '../ublk/native';
+import type { NativeQueue, UblkNative } from '../native/load';
 import { freePort, stopChild, waitForPort } from './procs';
 
 export interface TsPathCase {

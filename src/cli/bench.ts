@@ -16,7 +16,7 @@ import type { BenchResults, HostInfo } from '../bench/results';
 import { missingPrerequisites, runBench } from '../bench/run';
 import { STORE_TITLE, type StoreKind } from '../bench/stores';
 import { measureTsPathSuite, type TsPathReport } from '../bench/ts-path';
-import { packageRoot } from '../package-root';
+import { packageRoot } from '../native/load';
 import { parseSize } from '../size';
 import { DEVICE_DEFAULTS } from '../device/config';
 import { parse, parseIntArg } from './args';

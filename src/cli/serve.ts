@@ -72,7 +72,7 @@ export async function serve(argv: string[]): Promise<number> {
   }
   let store: FileStore;
   try {
-    store = FileStore.open(image, { size, readOnly: values['read-only'] ?? false });
+    store = FileStore.open(image, { size, readOnly: values['read-only'] ?? false, log });
   } catch (err) {
     if (err instanceof FileStoreError) throw new CliError(`serve: ${err.message}`);
     throw err;
@@ -89,7 +89,7 @@ export async function serve(argv: string[]): Promise<number> {
     const what = 'path' in where ? where.path : `${where.host}:${where.port}`;
     throw new CliError(`serve: cannot listen on ${what}: ${e.code ?? e.message}${e.code === 'EADDRINUSE' && 'path' in where ? ' (a server is running there)' : ''}`);
   }
-  log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, listen: server.addressText(), tls: plan.tls }, 'serving');
+  log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, io: store.engine, listen: server.addressText(), tls: plan.tls }, 'serving');
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
       log.info({ signal: sig, connections: server.connections }, 'shutting down');

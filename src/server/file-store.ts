@@ -6,6 +6,8 @@ import { Done, Store } from './store';
 import { FallocateOp, FileIo } from './file-io';
 import { PoolIo } from './pool-io';
 import { RingIo } from './ring-io';
+import { isNativeErrnoError, loadFileOps, type AddonLoadError, type FileOpsNative } from '../native/load';
+import { silentLogger, type Logger } from '../log';
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 
@@ -18,11 +20,13 @@ export interface FileStoreOptions {
    * 'threadpool' (Node's fs). 'auto' picks io_uring and falls back.
    */
   io?: 'auto' | 'io_uring' | 'threadpool';
+  /** Where 'auto' says why it fell back to the thread pool. */
+  log?: Logger;
 }
 
 export class FileStoreError extends Error {
-  constructor(message: string, readonly code: string) {
-    super(message);
+  constructor(message: string, readonly code: string, options?: ErrorOptions) {
+    super(message, options);
     this.name = 'FileStoreError';
   }
 }
@@ -44,6 +48,14 @@ export class FileStore implements Store {
 
   static open(path: string, opts: FileStoreOptions = {}): FileStore {
     const readOnly = opts.readOnly ?? false;
+    // Both engines need the addon (the pool one for fallocate): load it before anything
+    // else, so a missing build fails here and not on the first TRIM.
+    let ops: FileOpsNative;
+    try {
+      ops = loadFileOps();
+    } catch (err) {
+      throw new FileStoreError((err as Error).message, (err as AddonLoadError).code, { cause: err });
+    }
     let st: fs.Stats | undefined;
     try {
       st = fs.statSync(path);
@@ -75,7 +87,7 @@ export class FileStore implements Store {
         }
       }
       if (size === 0) throw new FileStoreError(`image ${path} is empty (give --size to grow it)`, 'EINVAL');
-      return new FileStore(path, fd, size, readOnly, openIo(fd, opts.io ?? 'auto'));
+      return new FileStore(path, fd, size, readOnly, openIo(fd, ops, opts.io ?? 'auto', opts.log ?? silentLogger));
     } catch (err) {
       fs.closeSync(fd);
       throw err instanceof FileStoreError ? err : describe(err, path);
@@ -133,14 +145,21 @@ export class FileStore implements Store {
   }
 }
 
-/** The io_uring engine where the kernel allows it, else (with 'auto') the libuv pool. */
-function openIo(fd: number, want: 'auto' | 'io_uring' | 'threadpool'): FileIo {
-  if (want === 'threadpool') return new PoolIo(fd);
+/**
+ * The io_uring engine where the kernel allows it, else (with 'auto') the libuv pool. Only
+ * the kernel refusing io_uring_setup (EPERM or EACCES under seccomp or
+ * kernel.io_uring_disabled, ENOSYS on old kernels, ENOMEM over RLIMIT_MEMLOCK) is a reason
+ * to fall back; anything else is an error.
+ */
+function openIo(fd: number, ops: FileOpsNative, want: 'auto' | 'io_uring' | 'threadpool', log: Logger): FileIo {
+  if (want === 'threadpool') return new PoolIo(fd, ops);
   try {
-    return new RingIo(fd);
+    return new RingIo(fd, ops);
   } catch (err) {
-    if (want === 'io_uring') throw new FileStoreError(`io_uring is unavailable: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code ?? 'EIO');
-    return new PoolIo(fd);
+    if (!isNativeErrnoError(err, 'io_uring_setup')) throw err;
+    if (want === 'io_uring') throw new FileStoreError(`io_uring is unavailable: ${err.message}`, err.code, { cause: err });
+    log.warn({ errno: err.code }, `io_uring is unavailable (io_uring_setup: ${err.code}): file I/O runs on the thread pool`);
+    return new PoolIo(fd, ops);
   }
 }
 

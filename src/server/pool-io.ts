@@ -4,14 +4,14 @@
 import * as fs from 'fs';
 import { Done } from './store';
 import { FallocateOp, FileIo } from './file-io';
-import { fileOps } from './fileops';
+import type { FileOpsNative } from '../native/load';
 
 export class PoolIo implements FileIo {
   readonly engine = 'threadpool';
   private inFlight = 0;
   private onIdle: (() => void) | null = null;
 
-  constructor(private readonly fd: number) {}
+  constructor(private readonly fd: number, private readonly ops: FileOpsNative) {}
 
   read(target: Buffer, targetOffset: number, length: number, position: number, done: Done): void {
     if (length === 0) return done(null);
@@ -52,7 +52,7 @@ export class PoolIo implements FileIo {
 
   fallocate(op: FallocateOp, offset: number, length: number, done: Done): void {
     const end = this.track(done);
-    fileOps()[op](this.fd, offset, length).then(() => end(null), (err: Error) => end(err));
+    this.ops[op](this.fd, offset, length).then(() => end(null), (err: Error) => end(err));
   }
 
   close(): Promise<void> {

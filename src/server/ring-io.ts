@@ -12,7 +12,7 @@
 // read at EOF zero-fills the rest.
 import { Done } from './store';
 import { FallocateOp, FileIo, errnoError } from './file-io';
-import { NativeFileRing, fileOps } from './fileops';
+import type { FileOpsNative, NativeFileRing } from '../native/load';
 
 // SQ entries: the most requests one io_uring_enter takes (more are sent in several);
 // the addon sizes the CQ at 8x, so requests in flight rarely wait on it.
@@ -60,9 +60,9 @@ export class RingIo implements FileIo {
   private batchAvg = 1;
   private queued = 0;
 
-  /** Throws (syscall 'io_uring_setup') where io_uring is unavailable. */
-  constructor(fd: number) {
-    this.ring = new (fileOps().FileRing)(fd, RING_ENTRIES, this.results, (n) => this.deliver(n));
+  /** Throws a NativeErrnoError (syscall 'io_uring_setup') where io_uring is unavailable. */
+  constructor(fd: number, ops: FileOpsNative) {
+    this.ring = new ops.FileRing(fd, RING_ENTRIES, this.results, (n) => this.deliver(n));
   }
 
   read(target: Buffer, targetOffset: number, length: number, position: number, done: Done): void {

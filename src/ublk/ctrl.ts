@@ -17,7 +17,7 @@ import {
   type UblkCmdName,
 } from './constants';
 import { UblkError, toUblkError } from './errors';
-import { loadNative, type UblkNative } from './native';
+import { loadUblk, type UblkNative } from '../native/load';
 import {
   DEV_INFO_SIZE,
   PARAMS_MAX_SIZE,
@@ -68,7 +68,7 @@ export class UblkCtrl {
    * not loaded and UBLK_PERMISSION without CAP_SYS_ADMIN; any other refusal means an
    * older kernel, which gets legacy opcodes.
    */
-  static async open(native: UblkNative = loadNative()): Promise<UblkCtrl> {
+  static async open(native: UblkNative = loadUblk()): Promise<UblkCtrl> {
     try {
       return new UblkCtrl(native, await queryFeatures(native));
     } catch (err) {

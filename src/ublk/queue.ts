@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import { IO_DESC_SIZE, SECTOR_SHIFT, UBLK_MAX_QUEUE_DEPTH, charDevPath } from './constants';
 import { UblkError, toUblkError } from './errors';
-import { loadNative, type NativeQueue, type UblkNative } from './native';
+import { loadUblk, type NativeQueue, type UblkNative } from '../native/load';
 
 export interface UblkQueueOptions {
   devId: number;
@@ -87,7 +87,7 @@ export class UblkQueue {
     this.qid = opts.qid;
     this.depth = opts.depth;
     this.bufBytes = opts.maxIoBufBytes;
-    const native = opts.native ?? loadNative();
+    const native = opts.native ?? loadUblk();
     try {
       this.nq = new native.Queue({
         qid: opts.qid,

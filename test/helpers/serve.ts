@@ -25,6 +25,10 @@ export interface ServeOptions {
   /** Extra arguments, after the others. */
   args?: string[];
   env?: Record<string, string>;
+  /** A command serve runs under (e.g. a seccomp wrapper), before node. */
+  wrap?: string[];
+  /** The package to run bin/netdisk-ublk.js from (default: this checkout). */
+  root?: string;
 }
 
 export interface Served {
@@ -62,7 +66,9 @@ export async function serveImage(cleanup: Cleanup, image: string, opts: ServeOpt
   if (opts.name !== undefined) args.push('--name', opts.name);
   if (opts.readOnly) args.push('--read-only');
   args.push(...(opts.args ?? []));
-  const child = cleanup.child(spawnChild(process.execPath, [cliPath(), ...args], {
+  const [cmd, ...pre] = [...(opts.wrap ?? []), process.execPath];
+  const cli = opts.root === undefined ? cliPath() : path.join(opts.root, 'bin', 'netdisk-ublk.js');
+  const child = cleanup.child(spawnChild(cmd as string, [...pre, cli, ...args], {
     env: { ...process.env, NETDISK_LOG_FORMAT: 'json', ...opts.env },
   }));
   const serving = await new Promise<LogLine>((resolve, reject) => {

@@ -5,6 +5,7 @@ import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { packageRoot } from '../../src/native/load';
 
 export interface VmOptions {
   /** Which kernel boots: '6.12', '7' (the newest of that line) or an exact version; run.sh's default (6.12) otherwise. */
@@ -37,30 +38,8 @@ export interface VmResult {
 export const VM_TIMEOUT_CODE = 124;
 export const VM_HARNESS_FAILURE_CODE = 125;
 
-let cachedRoot: string | undefined;
-
-/** The repository checkout: the nearest directory above this file with our package.json. */
-export function repoRoot(): string {
-  if (cachedRoot !== undefined) return cachedRoot;
-  let dir = __dirname;
-  for (;;) {
-    const pj = path.join(dir, 'package.json');
-    if (fs.existsSync(pj)) {
-      try {
-        const name = (JSON.parse(fs.readFileSync(pj, 'utf8')) as { name?: unknown }).name;
-        if (name === 'netdisk-ublk') {
-          cachedRoot = dir;
-          return dir;
-        }
-      } catch {
-        // unreadable or not JSON: not ours, keep walking up
-      }
-    }
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error(`netdisk-ublk repository not found above ${__dirname}`);
-    dir = up;
-  }
-}
+/** The repository checkout: the package the code under test comes from. */
+export const repoRoot = packageRoot;
 
 export function vmScript(): string {
   return path.join(repoRoot(), 'test', 'vm', 'run.sh');

@@ -9,7 +9,7 @@ import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { UblkCtrl, ublkAvailable } from '../../src/ublk/ctrl';
 import { UblkError } from '../../src/ublk/errors';
-import { loadNative } from '../../src/ublk/native';
+import { loadUblk } from '../../src/native/load';
 import { UblkQueue } from '../../src/ublk/queue';
 
 const EOPNOTSUPP = 95;
@@ -24,7 +24,7 @@ describe('ublk addon (no kernel driver needed)', () => {
   });
 
   it('validates ctrlCommand arguments', () => {
-    const n = loadNative();
+    const n = loadUblk();
     assert.throws(() => n.ctrlCommand(1, 0, 0, 0 as unknown as bigint, null), TypeError);
     assert.throws(() => n.ctrlCommand(-1, 0, 0, 0n, null), RangeError);
     assert.throws(() => n.ctrlCommand(1, 0, 0x10000, 0n, null), RangeError);
@@ -45,7 +45,7 @@ describe('ublk addon (no kernel driver needed)', () => {
   });
 
   it('maps page-aligned tag buffers and the descriptor array', () => {
-    const q = new (loadNative().Queue)({ qid: 0, depth: 8, bufBytes: 5000, charFd: fd, ioctlEncode: true });
+    const q = new (loadUblk().Queue)({ qid: 0, depth: 8, bufBytes: 5000, charFd: fd, ioctlEncode: true });
     try {
       assert.strictEqual(q.buffers.length, 8);
       const first = q.buffers[0];
@@ -67,7 +67,7 @@ describe('ublk addon (no kernel driver needed)', () => {
   });
 
   it('reports refused fetches, stops, and empties the buffers on close', async () => {
-    const q = new (loadNative().Queue)({ qid: 0, depth: 4, bufBytes: 4096, charFd: fd, ioctlEncode: false });
+    const q = new (loadUblk().Queue)({ qid: 0, depth: 4, bufBytes: 4096, charFd: fd, ioctlEncode: false });
     const errors: Array<[number, number]> = [];
     let requests = 0;
     await new Promise<void>((resolve) => {
@@ -96,7 +96,7 @@ describe('ublk addon (no kernel driver needed)', () => {
   });
 
   it('checks readyTags', () => {
-    const q = new (loadNative().Queue)({ qid: 0, depth: 4, bufBytes: 4096, charFd: fd, ioctlEncode: true });
+    const q = new (loadUblk().Queue)({ qid: 0, depth: 4, bufBytes: 4096, charFd: fd, ioctlEncode: true });
     try {
       assert.throws(() => q.start(() => 0, new Uint16Array(3), () => 0, () => 0), RangeError);
       assert.throws(() => q.start(() => 0, new Uint32Array(4) as unknown as Uint16Array, () => 0, () => 0), TypeError);
@@ -106,7 +106,7 @@ describe('ublk addon (no kernel driver needed)', () => {
   });
 
   it('rejects bad options', () => {
-    const Q = loadNative().Queue;
+    const Q = loadUblk().Queue;
     assert.throws(() => new Q({ qid: 0, depth: 0, bufBytes: 4096, charFd: fd, ioctlEncode: true }), RangeError);
     assert.throws(() => new Q({ qid: 0, depth: 4097, bufBytes: 4096, charFd: fd, ioctlEncode: true }), RangeError);
     assert.throws(() => new Q({ qid: 4096, depth: 1, bufBytes: 4096, charFd: fd, ioctlEncode: true }), RangeError);

@@ -1,16 +1,6 @@
-// The contract of the ublk addon (build/Release/ublk.node). native.ts is its only
-// loader and src/ublk its only importer; policy lives in TypeScript, the addon
-// only talks to the kernel.
-
-/** How the addon reports a failed system call or a command the kernel refused. */
-export interface NativeErrnoError extends Error {
-  /** Positive errno, e.g. 2 for ENOENT. */
-  errno: number;
-  /** errno name, e.g. 'ENOENT'. */
-  code: string;
-  /** What failed: 'open /dev/ublk-control', 'io_uring_setup', 'io_uring_cmd', 'mmap /dev/ublkc', ... */
-  syscall: string;
-}
+// The contract of the ublk addon (build/Release/ublk.node, addon/module.cc), loaded by
+// load.ts; src/ublk is its only importer. Policy lives in TypeScript, the addon only
+// talks to the kernel. Failed system calls reject or throw a NativeErrnoError (load.ts).
 
 export interface NativeQueueOptions {
   /** Queue id, 0 ... nr_hw_queues - 1. */

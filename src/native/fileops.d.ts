@@ -1,15 +1,6 @@
-// The contract of the fileops addon (build/Release/fileops.node) and its one loader.
-// The addon only talks to the kernel; retries, EOF handling and errors-to-NBD live in TS.
-import { loadAddon } from '../package-root';
-
-/** How the addon reports a failed system call. */
-export interface NativeErrnoError extends Error {
-  /** Positive errno, e.g. 28 for ENOSPC. */
-  errno: number;
-  /** errno name, e.g. 'ENOSPC'. */
-  code: string;
-  syscall: string;
-}
+// The contract of the fileops addon (build/Release/fileops.node, addon/fileops.cc), loaded
+// by load.ts. The addon only talks to the kernel; retries, EOF handling and errors-to-NBD
+// live in TypeScript (src/server).
 
 /**
  * An io_uring on one open file, used from the thread that created it (addon/fileops.cc).
@@ -58,11 +49,4 @@ export interface FileOpsNative {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
   /** fallocate ZERO_RANGE|KEEP_SIZE on the libuv pool. */
   zeroRange(fd: number, offset: number, length: number): Promise<void>;
-}
-
-let ops: FileOpsNative | undefined;
-
-export function fileOps(): FileOpsNative {
-  ops ??= loadAddon<FileOpsNative>('fileops');
-  return ops;
 }
