@@ -14,7 +14,7 @@ namespace ublk {
 // tables double as errno tables. The _r variants do not leak for unknown codes.
 inline std::string ErrnoName(int err) {
   // Linux has one value for both; the kernel (and ublk_drv) call it EOPNOTSUPP,
-  // libuv ENOTSUP.
+  // libuv ENOTSUP. The same rule as src/errno.ts, which names errnos for TypeScript.
   if (err == EOPNOTSUPP) return "EOPNOTSUPP";
   char buf[64];
   return uv_err_name_r(-err, buf, sizeof buf);

@@ -6,6 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { packageRoot } from '../native/load';
 import type { BenchCase } from './cases';
+import { UBLK_CONTROL_PATH, ublkAvailable } from '../ublk';
 import { attachNbd, attachUblk, type AttachedDevice, type ClientKind, type NbdSettings, type UblkSettings } from './devices';
 import { runFio, type FioOptions } from './fio';
 import type { BenchResults, BenchSettings, Environment, HostInfo, StoreRun } from './results';
@@ -33,7 +34,7 @@ export interface RunOptions {
 
 /** What this kernel lacks for the benchmark, or null when it has everything. */
 export async function missingPrerequisites(): Promise<string | null> {
-  if (!fs.existsSync('/dev/ublk-control')) return 'this kernel has no ublk (/dev/ublk-control)';
+  if (!ublkAvailable()) return `this kernel has no ublk (${UBLK_CONTROL_PATH})`;
   if (!fs.existsSync('/sys/block/nbd0') && (await run('modprobe', ['nbd'])).code !== 0) return 'this kernel has no nbd driver';
   if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'bench must run as root (ublk devices, nbd-client)';
   for (const [cmd, args] of [['fio', ['--version']], ['nbd-client', ['--version']], ['nbdkit', ['--version']]] as const) {

@@ -19,6 +19,7 @@ import { measureTsPathSuite, type TsPathReport } from '../bench/ts-path';
 import { packageRoot } from '../native/load';
 import { parseSize } from '../size';
 import { DEVICE_DEFAULTS } from '../device/config';
+import { ublkAvailable } from '../ublk';
 import { parse, parseIntArg } from './args';
 import { DEVICE_OPTIONS, parseDeviceArgs } from './device-args';
 import { CliError, UsageError } from './errors';
@@ -113,7 +114,7 @@ export async function bench(argv: string[]): Promise<number> {
   const missing = await missingPrerequisites();
   const inVm = process.env.NETDISK_IN_VM === '1';
   if (missing !== null) {
-    if (inVm || fs.existsSync('/dev/ublk-control')) throw new CliError(`bench: ${missing}`);
+    if (inVm || ublkAvailable()) throw new CliError(`bench: ${missing}`);
     return benchInVm(argv, { stem, outDir, tsPath: !values['no-ts-path'], reason: missing, log });
   }
 
@@ -152,7 +153,7 @@ export async function bench(argv: string[]): Promise<number> {
 function resultStem(): string {
   const d = new Date();
   const p = (n: number): string => String(n).padStart(2, '0');
-  const where = process.env.NETDISK_IN_VM === '1' ? 'vm' : fs.existsSync('/dev/ublk-control') ? 'native' : 'vm';
+  const where = process.env.NETDISK_IN_VM === '1' ? 'vm' : ublkAvailable() ? 'native' : 'vm';
   return `${d.getUTCFullYear()}-${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())}-${p(d.getUTCHours())}${p(d.getUTCMinutes())}-${where}`;
 }
 

@@ -8,10 +8,11 @@ import * as path from 'path';
 import { createLogger } from '../log';
 import { DaemonError, DeviceDaemon, checkHost, type DaemonOptions, type ReadyInfo } from '../device/daemon';
 import { readRecord, runDir, writeRecord } from '../device/state';
+import { detailOf } from '../errno';
 import { formatSize } from '../size';
 import { CliError } from './errors';
 
-type Report = { ok: true; info: ReadyInfo } | { ok: false; message: string };
+type Report = { ok: true; info: ReadyInfo } | { ok: false; message: string; code?: string; errno?: number };
 
 function printReady(info: ReadyInfo, json: boolean): void {
   if (json) process.stdout.write(JSON.stringify(info) + '\n');
@@ -47,8 +48,9 @@ export async function runForeground(
     info = await bringUp(daemon);
   } catch (err) {
     const msg = err instanceof DaemonError ? err.message : (err as Error).stack ?? String(err);
-    if (readyFd !== undefined) report(readyFd, { ok: false, message: msg });
-    throw new CliError(`${command}: ${msg}`);
+    const detail = detailOf(err);
+    if (readyFd !== undefined) report(readyFd, { ok: false, message: msg, code: detail.code, errno: detail.errno });
+    throw new CliError(`${command}: ${msg}`, 1, detail);
   }
   if (readyFd !== undefined) {
     if (logFile) {
@@ -134,7 +136,7 @@ export async function spawnDaemon(command: string, argv: string[], json: boolean
   const code = await exited;
   if (r && !r.ok) {
     fs.rmSync(logFile, { force: true });
-    throw new CliError(`${command}: ${r.message}`, code && code > 0 ? code : 1);
+    throw new CliError(`${command}: ${r.message}`, code && code > 0 ? code : 1, { code: r.code, errno: r.errno });
   }
   throw new CliError(`${command}: the daemon exited (code ${code}) before the device was live; see ${logFile}`);
 }

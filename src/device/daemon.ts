@@ -9,8 +9,10 @@ import { NbdClient, type ExportInfo } from '../nbd/client';
 import * as N from '../nbd/constants';
 import { NbdError } from '../nbd/errors';
 import { Logger } from '../log';
+import { DetailedError, detailOf } from '../errno';
+import { AddonLoadError } from '../native/load';
 import {
-  UblkCtrl, UblkError, UblkFlag, UblkState, blockDevPath, closeCharDev, flagNames, openCharDev, type DevInfo,
+  UBLK_CONTROL_PATH, UblkCtrl, UblkError, UblkFlag, UblkState, blockDevPath, closeCharDev, flagNames, openCharDev, type DevInfo,
 } from '../ublk';
 import { deviceGeometry } from './capabilities';
 import { remoteAddress, type DeviceConfig } from './config';
@@ -40,12 +42,8 @@ export interface ReadyInfo {
   recovered: boolean;
 }
 
-export class DaemonError extends Error {
-  constructor(message: string, readonly exitCode = 1) {
-    super(message);
-    this.name = 'DaemonError';
-  }
-}
+/** Why the daemon cannot serve the device, for the user; what caused it stays attached. */
+export class DaemonError extends DetailedError {}
 
 interface QueueWorker {
   worker: Worker;
@@ -201,7 +199,8 @@ export class DeviceDaemon {
     try {
       probe = await NbdClient.connect(this.config.remote);
     } catch (err) {
-      throw new DaemonError(err instanceof NbdError ? err.message : `cannot reach ${this.remote}: ${(err as Error).message}`);
+      const message = err instanceof NbdError ? err.message : `cannot reach ${this.remote}: ${(err as Error).message}`;
+      throw new DaemonError(message, detailOf(err));
     }
     const info = probe.info;
     await probe.close().catch(() => undefined);
@@ -248,10 +247,12 @@ export class DeviceDaemon {
   private describe(err: unknown): Error {
     if (err instanceof DaemonError) return err;
     if (err instanceof UblkError) {
-      if (err.code === 'UBLK_EXISTS') return new DaemonError(`ublk device ${this.opts.id} already exists`);
-      if (err.code === 'UBLK_NO_DEVICE') return new DaemonError(`no ublk device ${err.devId ?? this.opts.id}`);
-      return new DaemonError(err.message);
+      const detail = detailOf(err);
+      if (err.code === 'UBLK_EXISTS') return new DaemonError(`ublk device ${this.opts.id} already exists`, detail);
+      if (err.code === 'UBLK_NO_DEVICE') return new DaemonError(`no ublk device ${err.devId ?? this.opts.id}`, detail);
+      return new DaemonError(err.message, detail);
     }
+    if (err instanceof AddonLoadError) return new DaemonError(err.message, detailOf(err));
     return err as Error;
   }
 
@@ -303,8 +304,9 @@ export class DeviceDaemon {
  * root. Throws a DaemonError that tells the user what to do.
  */
 export function checkHost(): void {
-  if (!fs.existsSync('/dev/ublk-control')) {
-    throw new DaemonError('this kernel has no ublk driver (/dev/ublk-control is missing): load it with "modprobe ublk_drv" (CONFIG_BLK_DEV_UBLK)');
+  if (!fs.existsSync(UBLK_CONTROL_PATH)) {
+    throw new DaemonError(`this kernel has no ublk driver (${UBLK_CONTROL_PATH} is missing): load it with "modprobe ublk_drv" (CONFIG_BLK_DEV_UBLK)`,
+      { code: 'UBLK_NO_DRIVER' });
   }
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
     throw new DaemonError('must run as root: creating ublk devices needs CAP_SYS_ADMIN');

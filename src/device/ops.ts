@@ -23,6 +23,3 @@ export function nbdFlags(op: number, ublkFlags: number, exportFlags: number): nu
   if (op === UblkIoOp.WRITE_ZEROES && (ublkFlags & UblkIoFlag.NOUNMAP) !== 0) f |= N.CMD_FLAG_NO_HOLE;
   return f;
 }
-
-export const EIO = 5;
-export const EOPNOTSUPP = 95;

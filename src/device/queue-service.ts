@@ -7,7 +7,8 @@ import * as N from '../nbd/constants';
 import { NbdError, NbdRequestError } from '../nbd/errors';
 import { UblkQueue, UblkIoOp, type UblkQueueOptions } from '../ublk';
 import { Logger } from '../log';
-import { EIO, EOPNOTSUPP, nbdCommand, nbdFlags } from './ops';
+import { EIO, EOPNOTSUPP } from '../errno';
+import { nbdCommand, nbdFlags } from './ops';
 
 export class QueueService {
   private readonly q: UblkQueue;

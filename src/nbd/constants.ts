@@ -110,6 +110,5 @@ export const CMD_NAMES: Record<number, string> = {
   0: 'READ', 1: 'WRITE', 2: 'DISC', 3: 'FLUSH', 4: 'TRIM', 5: 'CACHE', 6: 'WRITE_ZEROES', 7: 'BLOCK_STATUS',
 };
 
-export const ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM', 5: 'EIO', 12: 'ENOMEM', 22: 'EINVAL', 28: 'ENOSPC', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN',
-};
+/** The error values a reply may carry; src/errno.ts names them. */
+export const NBD_ERRNOS: readonly number[] = [NBD_EPERM, NBD_EIO, NBD_ENOMEM, NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_ENOTSUP, NBD_ESHUTDOWN];

@@ -2,7 +2,8 @@
 // (the server answered with an errno; the connection lives on) and a connection
 // error (socket loss or a protocol violation; every request in flight fails with it).
 
-import { ERRNO_NAMES, NBD_EINVAL } from './constants';
+import { errnoName } from '../errno';
+import { NBD_EINVAL, NBD_ERRNOS } from './constants';
 
 export class NbdError extends Error {
   readonly code: string;
@@ -18,9 +19,9 @@ export class NbdRequestError extends NbdError {
   /** The errno the server sent (unknown values are read as EINVAL, per the spec). */
   readonly errno: number;
   constructor(errno: number, command: string) {
-    const known = ERRNO_NAMES[errno] !== undefined;
+    const known = NBD_ERRNOS.includes(errno);
     const e = known ? errno : NBD_EINVAL;
-    super('NBD_REQUEST_FAILED', `${command} failed: ${ERRNO_NAMES[e]}${known ? '' : ` (server sent ${errno})`}`);
+    super('NBD_REQUEST_FAILED', `${command} failed: ${errnoName(e)}${known ? '' : ` (server sent ${errno})`}`);
     this.errno = e;
   }
 }

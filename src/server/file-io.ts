@@ -1,6 +1,6 @@
 // File I/O as the file store needs it, with two engines: RingIo (io_uring, ring-io.ts) and,
 // where io_uring is unavailable, PoolIo (Node's fs on the libuv pool, pool-io.ts).
-import { constants as osConstants } from 'os';
+import { errnoName } from '../errno';
 import { Done } from './store';
 
 export type FallocateOp = 'punchHole' | 'zeroRange';
@@ -26,13 +26,6 @@ export class FileIoError extends Error implements NodeJS.ErrnoException {
   }
 }
 
-const ERRNO_NAMES = new Map<number, string>();
-for (const [name, value] of Object.entries(osConstants.errno)) {
-  if (!ERRNO_NAMES.has(value)) ERRNO_NAMES.set(value, name);
-}
-// Linux gives ENOTSUP and EOPNOTSUPP one value; the kernel (and the addon) call it EOPNOTSUPP.
-ERRNO_NAMES.set(osConstants.errno.EOPNOTSUPP, 'EOPNOTSUPP');
-
 export function errnoError(errno: number, syscall: string): FileIoError {
-  return new FileIoError(errno, ERRNO_NAMES.get(errno) ?? 'EIO', syscall);
+  return new FileIoError(errno, errnoName(errno), syscall);
 }

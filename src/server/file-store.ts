@@ -6,6 +6,7 @@ import { Done, Store } from './store';
 import { FallocateOp, FileIo } from './file-io';
 import { PoolIo } from './pool-io';
 import { RingIo } from './ring-io';
+import { EOPNOTSUPP, errnoOf } from '../errno';
 import { isNativeErrnoError, loadFileOps, type AddonLoadError, type FileOpsNative } from '../native/load';
 import { silentLogger, type Logger } from '../log';
 
@@ -128,7 +129,7 @@ export class FileStore implements Store {
       if (!err) return fua ? this.io.fdatasync(done) : done(null);
       // Some filesystems lack hole punching, and tmpfs lacks FALLOC_FL_ZERO_RANGE: the
       // client is still owed zeros, so write them out.
-      if ((err as NodeJS.ErrnoException).code === 'EOPNOTSUPP') return this.writeZeros(offset, length, fua, done);
+      if (errnoOf(err) === EOPNOTSUPP) return this.writeZeros(offset, length, fua, done);
       done(err);
     });
   }

@@ -11,6 +11,7 @@
 // starving the loop, and measured latency was the same. Short transfers are resumed, a
 // read at EOF zero-fills the rest.
 import { Done } from './store';
+import { EIO, EOPNOTSUPP } from '../errno';
 import { FallocateOp, FileIo, errnoError } from './file-io';
 import type { FileOpsNative, NativeFileRing } from '../native/load';
 
@@ -22,7 +23,6 @@ const RESULT_PAIRS = 1024;
 // Linux's IOV_MAX: a write payload in more chunks than this goes out in several writevs,
 // resumed like a short write.
 const IOV_MAX = 1024;
-const EOPNOTSUPP = 95;
 
 const enum Kind {
   Read,
@@ -200,7 +200,7 @@ export class RingIo implements FileIo {
       case Kind.Writev:
         // A write that moves nothing would repeat forever; the kernel reports real
         // failures as errors, so this is one.
-        if (res === 0) return this.finish(op, errnoError(5 /* EIO */, op.syscall));
+        if (res === 0) return this.finish(op, errnoError(EIO, op.syscall));
         op.got += res;
         if (op.got < op.length) {
           this.resumeWrite(op);

@@ -1,6 +1,7 @@
 // Which requests the server refuses, and with which errno (proto.md "Error values",
 // "Request message requirements"). Pure: a refused request gets an error reply and the
 // connection goes on.
+import * as E from '../errno';
 import * as C from '../nbd/constants';
 
 export interface ExportLimits {
@@ -57,21 +58,20 @@ export function validateRequest(type: number, flags: number, offset: number, len
 
 /** Narrows an fs error to the errnos NBD carries (proto.md: EDQUOT and EFBIG become ENOSPC). */
 export function toNbdErrno(err: Error): number {
-  switch ((err as NodeJS.ErrnoException).code) {
-    case 'EPERM':
-    case 'EACCES':
-    case 'EROFS':
+  switch (E.errnoOf(err)) {
+    case E.EPERM:
+    case E.EACCES:
+    case E.EROFS:
       return C.NBD_EPERM;
-    case 'ENOSPC':
-    case 'EDQUOT':
-    case 'EFBIG':
+    case E.ENOSPC:
+    case E.EDQUOT:
+    case E.EFBIG:
       return C.NBD_ENOSPC;
-    case 'ENOMEM':
+    case E.ENOMEM:
       return C.NBD_ENOMEM;
-    case 'EINVAL':
+    case E.EINVAL:
       return C.NBD_EINVAL;
-    case 'EOPNOTSUPP':
-    case 'ENOTSUP':
+    case E.EOPNOTSUPP:
       return C.NBD_ENOTSUP;
     default:
       return C.NBD_EIO;

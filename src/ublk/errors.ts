@@ -1,8 +1,7 @@
 // UblkError: every failure src/ublk reports, with a stable code to branch on and
 // the errno the kernel gave.
 
-import { constants as osConstants } from 'os';
-import { getSystemErrorName } from 'util';
+import * as E from '../errno';
 import { UBLK_CONTROL_PATH } from './constants';
 
 export type UblkErrorCode =
@@ -34,8 +33,6 @@ export interface UblkErrorContext {
   qid?: number;
 }
 
-const E = osConstants.errno;
-
 export class UblkError extends Error {
   override readonly name = 'UblkError';
   readonly code: UblkErrorCode;
@@ -57,22 +54,11 @@ export class UblkError extends Error {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
     this.errno = opts.errno ?? 0;
-    this.errnoCode = this.errno > 0 ? errnoName(this.errno) : '';
+    this.errnoCode = this.errno > 0 ? E.errnoName(this.errno) : '';
     this.syscall = opts.syscall ?? '';
     this.command = opts.command;
     this.devId = opts.devId;
     this.qid = opts.qid;
-  }
-}
-
-/** 'ENOENT' for 2; 'E<n>' for numbers Node does not know. */
-export function errnoName(errno: number): string {
-  // One value on Linux; the kernel calls it EOPNOTSUPP, libuv ENOTSUP.
-  if (errno === E.EOPNOTSUPP) return 'EOPNOTSUPP';
-  try {
-    return getSystemErrorName(-errno);
-  } catch {
-    return `E${errno}`;
   }
 }
 
@@ -134,19 +120,9 @@ export function toUblkError(err: unknown, ctx: UblkErrorContext = {}): UblkError
     const errno = Math.abs(err.errno);
     const code = codeForErrno(errno, err.syscall);
     const hint = describe(code, err.syscall);
-    const msg = `${prefix}: ${err.syscall}: ${errnoName(errno)}${hint === '' ? '' : ` (${hint})`}`;
+    const msg = `${prefix}: ${err.syscall}: ${E.errnoName(errno)}${hint === '' ? '' : ` (${hint})`}`;
     return new UblkError(code, msg, { ...ctx, errno, syscall: err.syscall, cause: err });
   }
   const message = err instanceof Error ? err.message : String(err);
   return new UblkError('UBLK_SYSTEM', `${prefix}: ${message}`, { ...ctx, cause: err });
-}
-
-/**
- * The result to commit for a request that failed with `err`: the negative errno
- * the block layer maps to a status (errno_to_blk_status), EIO when there is none.
- */
-export function completionErrno(err: unknown): number {
-  const errno = (err as { errno?: unknown } | null)?.errno;
-  if (typeof errno === 'number' && errno !== 0 && Number.isInteger(errno)) return -Math.abs(errno);
-  return -E.EIO;
 }

@@ -1,6 +1,6 @@
 // The public face of src/ublk: what src/device and the CLI import.
 export * from './constants';
 export { UblkCtrl, ublkAvailable, type AddDevOptions } from './ctrl';
-export { UblkError, codeForErrno, completionErrno, errnoName, toUblkError, type UblkErrorCode } from './errors';
+export { UblkError, codeForErrno, toUblkError, type UblkErrorCode } from './errors';
 export { UblkQueue, closeCharDev, openCharDev, type UblkQueueHandler, type UblkQueueOptions } from './queue';
 export * from './structs';

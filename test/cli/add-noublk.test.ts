@@ -4,6 +4,7 @@
 // fail for the reason that applies there (the closed port, or not being root).
 import * as assert from 'assert';
 import * as fs from 'fs';
+import { ublkAvailable } from '../../src/ublk/ctrl';
 import { CLI, HOST, freePort, privateRunDir, run } from '../device/helpers';
 
 describe('cli: add without the ublk driver', function () {
@@ -17,7 +18,7 @@ describe('cli: add without the ublk driver', function () {
     assert.strictEqual(r.code, 1, `exit code (stderr: ${r.stderr})`);
     assert.strictEqual(r.stdout, '');
     assert.doesNotMatch(r.stderr, /^\s+at /m, 'a stack trace instead of a message');
-    if (!fs.existsSync('/dev/ublk-control')) {
+    if (!ublkAvailable()) {
       assert.match(r.stderr, /modprobe ublk_drv/);
     } else {
       // Native ublk: the driver check passes; the failure is the closed port or privileges.
@@ -30,7 +31,7 @@ describe('cli: add without the ublk driver', function () {
 
   it('list still works (records only) and shows nothing', async function () {
     // With the driver present, list also shows the kernel's devices, which this test does not own.
-    if (fs.existsSync('/dev/ublk-control')) this.skip();
+    if (ublkAvailable()) this.skip();
     const r = await run(process.execPath, [CLI, 'list', '--json'], { env: runDir().env, timeoutMs: 60_000 });
     assert.strictEqual(r.code, 0, r.stderr);
     assert.deepStrictEqual(JSON.parse(r.stdout), []);

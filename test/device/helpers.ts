@@ -5,6 +5,8 @@
 // Every command runs asynchronously under a time limit: a hung device must fail the test
 // that hit it, not hang the run. Everything a test creates (servers, devices, mounts, nbd
 // attachments, temp directories) is undone after it, whatever happened.
+import { UBLK_CONTROL_PATH } from '../../src/ublk/constants';
+import { ublkAvailable } from '../../src/ublk/ctrl';
 import * as assert from 'assert';
 import { spawn, SpawnOptions } from 'child_process';
 import { createHash, randomBytes } from 'crypto';
@@ -506,7 +508,7 @@ export class DeviceEnv {
 /** Skips (or, inside the test VM, fails) a suite that cannot run here: it needs ublk and root. */
 export function requireKernel(ctx: Mocha.Context): void {
   const missing: string[] = [];
-  if (!fs.existsSync('/dev/ublk-control')) missing.push('/dev/ublk-control');
+  if (!ublkAvailable()) missing.push(UBLK_CONTROL_PATH);
   if (process.getuid?.() !== 0) missing.push('root');
   if (missing.length === 0) return;
   if (process.env.NETDISK_IN_VM === '1') throw new Error(`missing in the test VM: ${missing.join(', ')}`);

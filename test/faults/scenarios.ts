@@ -9,6 +9,7 @@ import * as path from 'path';
 import {
   HOST, cli, kernelLogSince, markKernelLog, ok, pidAlive, run, sleep, waitFor, type RunResult,
 } from '../device/helpers';
+import { errnoName } from '../../src/errno';
 import { FaultProxy } from '../helpers/fault-proxy';
 import {
   FAULT_AT, FIO_BYTES, FIO_RATE, FaultEnv, STORE_SIZE, Timeline, addDevice, markDaemonLog, markFioProgress, mib, mounted, startFio,
@@ -310,8 +311,4 @@ export function summary(o: Observation): string {
   if (!o.detach.startsWith('ok')) parts.push(`removing the device ${o.detach}`);
   parts.push(`fsck ${o.fsck}`);
   return parts.join('; ');
-}
-
-function errnoName(e: number): string {
-  return ({ 5: 'EIO', 28: 'ENOSPC', 30: 'EROFS', 6: 'ENXIO', 19: 'ENODEV', 110: 'ETIMEDOUT' } as Record<number, string>)[e] ?? `error ${e}`;
 }

@@ -6,6 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { packageRoot } from '../../src/native/load';
+import { ublkAvailable } from '../../src/ublk/ctrl';
 
 export interface VmOptions {
   /** Which kernel boots: '6.12', '7' (the newest of that line) or an exact version; run.sh's default (6.12) otherwise. */
@@ -46,9 +47,7 @@ export function vmScript(): string {
 }
 
 /** True when this kernel has the ublk driver loaded, so device tests can run natively. */
-export function ublkAvailable(): boolean {
-  return fs.existsSync('/dev/ublk-control');
-}
+export { ublkAvailable };
 
 /** True inside the test VM (run.sh exports NETDISK_IN_VM=1); there is no nested VM. */
 export function inVm(): boolean {
