@@ -8,7 +8,7 @@ import { parse, parseIntArg } from './args';
 import { DEVICE_OPTIONS, DEVICE_USAGE, parseDeviceArgs } from './device-args';
 import { runForeground, spawnDaemon } from './daemonize';
 import { UsageError } from './errors';
-import { parseRemoteArg, REMOTE_USAGE } from './remote-arg';
+import { openKeyFiles, parseRemoteArg, REMOTE_USAGE } from './remote-arg';
 
 export const ADD_USAGE = `usage: netdisk-ublk add --remote URI|HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N]
                         [--max-io SIZE] [--timeout S] [--fail-after S] [--foreground] [--json]
@@ -44,6 +44,10 @@ export async function add(argv: string[]): Promise<number> {
       throw new UsageError(`add: --export "${values.export}" and the URI's export "${remote.exportName}" differ`);
     }
     remote.exportName = values.export;
+  }
+  // Once, before the daemon starts (which would say it in its log instead).
+  if (process.env.NETDISK_READY_FD === undefined) {
+    for (const f of openKeyFiles(remote)) process.stderr.write(`netdisk-ublk add: warning: ${f} is readable by every user: chmod o-r it\n`);
   }
   const id = parseIntArg(values.id, '--id', 0, 1_048_575);
   const config: DeviceConfig = {

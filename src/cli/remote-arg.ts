@@ -2,6 +2,8 @@
 // nbds+unix://) or HOST[:PORT]; file names in it made absolute, since the daemon that
 // uses them, and a later recover, may run elsewhere.
 import { NbdError } from '../nbd/errors';
+import * as path from 'path';
+import { CLIENT_KEY, worldReadable } from '../nbd/tls-files';
 import { NbdEndpoint, parseRemote, withAbsolutePaths } from '../nbd/uri';
 import { UsageError } from './errors';
 
@@ -19,4 +21,12 @@ export function parseRemoteArg(text: string, command: string): NbdEndpoint {
   }
   if (e.transport === 'tcp' && e.port === 0) throw new UsageError(`${command}: --remote port 0 is not valid`);
   return withAbsolutePaths(e, process.cwd());
+}
+
+/** The key files a URI names (PSK file, client key) that every user can read. */
+export function openKeyFiles(e: NbdEndpoint): string[] {
+  const files: string[] = [];
+  if (e.tls?.pskFile !== undefined) files.push(e.tls.pskFile);
+  if (e.tls?.certificates !== undefined) files.push(path.join(e.tls.certificates, CLIENT_KEY));
+  return files.filter((f) => worldReadable(f));
 }

@@ -29,6 +29,22 @@ describe('cli: add without the ublk driver', function () {
     assert.deepStrictEqual(fs.readdirSync(runDir().dir), []);
   });
 
+  it('a PSK file every user can read gets a warning naming it, not its content', async () => {
+    const port = await freePort();
+    const psk = `${runDir().dir}.psk`;
+    fs.writeFileSync(psk, 'alice:00112233445566778899aabbccddeeff\n', { mode: 0o644 });
+    fs.chmodSync(psk, 0o644);
+    try {
+      const r = await run(process.execPath, [CLI, 'add', '--remote', `nbds://alice@${HOST}:${port}/?tls-psk-file=${psk}`],
+        { env: runDir().env, timeoutMs: 60_000 });
+      assert.match(r.stderr, new RegExp(`^netdisk-ublk add: warning: ${psk} is readable by every user`, 'm'));
+      assert.doesNotMatch(r.stderr, /00112233/);
+      assert.strictEqual(r.code, 1);
+    } finally {
+      fs.rmSync(psk, { force: true });
+    }
+  });
+
   it('list still works (records only) and shows nothing', async function () {
     // With the driver present, list also shows the kernel's devices, which this test does not own.
     if (ublkAvailable()) this.skip();
