@@ -1,6 +1,8 @@
 // Logging: pino JSON lines on stderr by default (daemons, journald, CI), readable text
-// when stderr is a terminal. NETDISK_LOG_FORMAT=json|pretty and NETDISK_LOG_LEVEL override.
+// when stderr is a terminal (coloured unless NO_COLOR is set). NETDISK_LOG_FORMAT=json|pretty
+// and NETDISK_LOG_LEVEL override.
 import pino from 'pino';
+import { useColor } from './terminal';
 
 export type Logger = pino.Logger;
 
@@ -14,7 +16,7 @@ export function createLogger(name: string, opts: { level?: string; format?: 'jso
     // workers and commands whose stderr is not a terminal never use it.
     const pretty = require('pino-pretty') as typeof import('pino-pretty');
     // Synchronous on purpose: a daemon that dies should not lose its last lines.
-    const stream = pretty({ colorize: true, destination: 2, sync: true, ignore: 'pid,hostname' });
+    const stream = pretty({ colorize: useColor(process.stderr), destination: 2, sync: true, ignore: 'pid,hostname' });
     return pino({ name, level }, stream);
   }
   return pino({ name, level }, pino.destination({ dest: 2, sync: true }));

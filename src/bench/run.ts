@@ -30,6 +30,19 @@ export interface RunOptions {
   command: string;
   host?: HostInfo;
   log(msg: string): void;
+  /** Called before each measured fio run: where the benchmark is (for a progress line). */
+  progress?(p: Progress): void;
+}
+
+export interface Progress {
+  store: StoreKind;
+  caseId: string;
+  client: ClientKind;
+  run: number;
+  runs: number;
+  /** Measured fio runs done and in all. */
+  done: number;
+  total: number;
 }
 
 /** What this kernel lacks for the benchmark, or null when it has everything. */
@@ -92,6 +105,8 @@ export async function runBench(o: RunOptions): Promise<BenchResults> {
     nbdBlockSize: o.nbd.blockSize,
   };
   const stores: StoreRun[] = [];
+  const total = o.stores.length * o.runs * o.cases.length * 2;
+  let done = 0;
   for (const kind of o.stores) {
     o.log(`store ${STORE_TITLE[kind]}: starting`);
     const store = await startStore(kind, { sizeBytes: o.sizeBytes, dir: o.dir, cli: o.cli });
@@ -122,6 +137,7 @@ export async function runBench(o: RunOptions): Promise<BenchResults> {
           const order = turn++ % 2 === 0 ? clients : [...clients].reverse();
           for (const k of order) {
             const d = devs[k] as AttachedDevice;
+            o.progress?.({ store: kind, caseId: c.id, client: k, run: r + 1, runs: o.runs, done: done++, total });
             const s = await runFio(d.path, c, o.fio);
             const per = (runRec.samples[c.id] ??= {});
             (per[k] ??= []).push(s);

@@ -9,6 +9,7 @@ import { DEVICE_OPTIONS, DEVICE_USAGE, parseDeviceArgs } from './device-args';
 import { runForeground, spawnDaemon } from './daemonize';
 import { UsageError } from './errors';
 import { openKeyFiles, parseRemoteArg, REMOTE_USAGE } from './remote-arg';
+import { helpText } from './help';
 
 export const ADD_USAGE = `usage: netdisk-ublk add --remote URI|HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N]
                         [--max-io SIZE] [--timeout S] [--fail-after S] [--foreground] [--json]
@@ -33,7 +34,7 @@ export async function add(argv: string[]): Promise<number> {
     help: { type: 'boolean', short: 'h' },
   }, 'add');
   if (values.help) {
-    process.stdout.write(ADD_USAGE + '\n');
+    process.stdout.write(helpText(ADD_USAGE, 'netdisk-ublk add --remote nbd://storehost/disk --queues 2'));
     return 0;
   }
   if (positionals.length > 0) throw new UsageError(`add: unexpected argument "${positionals[0]}"\n${ADD_USAGE}`);

@@ -13,7 +13,7 @@ import { CASES, findCases } from '../bench/cases';
 import { renderChart } from '../bench/chart';
 import { renderMarkdown, renderTables, targetLines } from '../bench/report';
 import type { BenchResults, HostInfo } from '../bench/results';
-import { missingPrerequisites, runBench } from '../bench/run';
+import { missingPrerequisites, runBench, type Progress } from '../bench/run';
 import { STORE_TITLE, type StoreKind } from '../bench/stores';
 import { measureTsPathSuite, type TsPathReport } from '../bench/ts-path';
 import { packageRoot } from '../native/load';
@@ -23,6 +23,7 @@ import { ublkAvailable } from '../ublk';
 import { parse, parseIntArg } from './args';
 import { DEVICE_OPTIONS, parseDeviceArgs } from './device-args';
 import { CliError, UsageError } from './errors';
+import { helpText } from './help';
 
 export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--warmup S]
                           [--stores serve,nbdkit] [--cases ID,...] [--queues N] [--depth N] [--max-io SIZE]
@@ -75,7 +76,7 @@ export async function bench(argv: string[]): Promise<number> {
     help: { type: 'boolean', short: 'h' },
   }, 'bench');
   if (values.help) {
-    process.stdout.write(BENCH_USAGE + '\n');
+    process.stdout.write(helpText(BENCH_USAGE, 'netdisk-ublk bench --quick --cases randread-4k-qd1,randwrite-4k-qd1'));
     return 0;
   }
   if (positionals.length > 0) throw new UsageError(`bench: unexpected argument "${positionals[0]}"\n${BENCH_USAGE}`);
@@ -109,7 +110,11 @@ export async function bench(argv: string[]): Promise<number> {
   const outDir = values['no-out'] ? undefined : path.resolve(values.out ?? path.join(packageRoot(), 'bench', 'results'));
   const command = ['netdisk-ublk bench', ...argv.map(shellQuote)].join(' ');
   const stem = values.stem ?? resultStem();
-  const log = (m: string): void => void process.stderr.write(m + '\n');
+  const progress = process.stderr.isTTY ? new ProgressLine(process.stderr, seconds + ramp) : undefined;
+  const log = (m: string): void => {
+    progress?.clear();
+    process.stderr.write(m + '\n');
+  };
 
   const missing = await missingPrerequisites();
   const inVm = process.env.NETDISK_IN_VM === '1';
@@ -140,7 +145,9 @@ export async function bench(argv: string[]): Promise<number> {
     command: host?.command ?? command,
     ...(host ? { host: { kernel: host.kernel, cpu: host.cpu, cpus: host.cpus, loadBefore: host.loadBefore } } : {}),
     log,
+    ...(progress ? { progress: (p: Progress) => progress.show(p) } : {}),
   });
+  progress?.clear();
   if (tsPath) res.tsPath = tsPath;
   process.stdout.write(`\n${renderTables(res)}\nTargets:\n${targetLines(res).join('\n')}\n`);
   if (outDir) {
@@ -228,4 +235,26 @@ async function benchInVm(argv: string[], o: VmRun): Promise<number> {
     }
   }
   return 0;
+}
+
+/**
+ * Where the benchmark is, on one line of a terminal redrawn in place: case, run, time left.
+ * Only on a terminal: in a log the step lines say enough.
+ */
+class ProgressLine {
+  private shown = false;
+
+  constructor(private readonly out: NodeJS.WriteStream, private readonly secondsPerRun: number) {}
+
+  show(p: Progress): void {
+    const left = Math.ceil(((p.total - p.done) * this.secondsPerRun) / 60);
+    this.out.write(`\r\x1b[K  ${p.store}: ${p.caseId} on ${p.client}, run ${p.run}/${p.runs} `
+      + `(${p.done + 1} of ${p.total}), about ${left} min left`);
+    this.shown = true;
+  }
+
+  clear(): void {
+    if (this.shown) this.out.write('\r\x1b[K');
+    this.shown = false;
+  }
 }

@@ -8,6 +8,7 @@ import { pidAlive, readRecord, removeRecord } from '../device/state';
 import { UblkCtrl } from '../ublk';
 import { parse, parseIntArg } from './args';
 import { CliError, UsageError } from './errors';
+import { helpText } from './help';
 
 export const DEL_USAGE = `usage: netdisk-ublk del ID | --all
   Stops and removes a netdisk-ublk device (all of them with --all), even when its daemon is gone.`;
@@ -17,7 +18,7 @@ const DAEMON_STOP_TIMEOUT_MS = 60_000;
 export async function del(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, { all: { type: 'boolean', short: 'a' }, help: { type: 'boolean', short: 'h' } }, 'del');
   if (values.help) {
-    process.stdout.write(DEL_USAGE + '\n');
+    process.stdout.write(helpText(DEL_USAGE, 'netdisk-ublk del 0'));
     return 0;
   }
   if (values.all && positionals.length > 0) throw new UsageError('del: give an ID or --all, not both');

@@ -4,6 +4,7 @@ import { UblkCtrl } from '../ublk';
 import { formatSize } from '../size';
 import { parse } from './args';
 import { UsageError } from './errors';
+import { helpText } from './help';
 
 export const LIST_USAGE = `usage: netdisk-ublk list [--json]
   Lists netdisk-ublk devices: id, device, remote, export, size, queues, depth, daemon pid, state.`;
@@ -11,7 +12,7 @@ export const LIST_USAGE = `usage: netdisk-ublk list [--json]
 export async function list(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, 'list');
   if (values.help) {
-    process.stdout.write(LIST_USAGE + '\n');
+    process.stdout.write(helpText(LIST_USAGE, 'netdisk-ublk list --json'));
     return 0;
   }
   if (positionals.length > 0) throw new UsageError(`list: unexpected argument "${positionals[0]}"`);

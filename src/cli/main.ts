@@ -1,5 +1,6 @@
 // Entry point: dispatches to one command per file and turns failures into exit codes.
 import { CliError } from './errors';
+import { EXIT_CODES, version } from './help';
 
 const USAGE = `usage: netdisk-ublk COMMAND [OPTIONS]
 commands:
@@ -9,7 +10,11 @@ commands:
   list [--json]
   recover ID [--remote URI|HOST[:PORT]]
   bench [--quick] [--runs N] [--seconds S] [--stores serve,nbdkit] [--cases LIST] [--queues N] ...
-Run "netdisk-ublk COMMAND --help" for a command's options.`;
+  --version, -V  print the version
+Run "netdisk-ublk COMMAND --help" (or "netdisk-ublk help COMMAND") for a command's options.
+example:
+  netdisk-ublk serve /srv/disk.img --size 10G & netdisk-ublk add --remote 127.0.0.1:10809
+${EXIT_CODES}`;
 
 type Command = (argv: string[]) => Promise<number>;
 
@@ -24,8 +29,14 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
 
 export async function run(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
+  if (name === '--version' || name === '-V') {
+    process.stdout.write(`netdisk-ublk ${version()}\n`);
+    return 0;
+  }
+  if (name === 'help' && rest[0] !== undefined && rest[0] in COMMANDS) return run([rest[0], '--help']);
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(USAGE + '\n');
+    // Without a command it is a usage error: the usage goes where errors go.
+    (name === undefined ? process.stderr : process.stdout).write(USAGE + '\n');
     return name === undefined ? 2 : 0;
   }
   const load = COMMANDS[name];

@@ -9,6 +9,7 @@ import { parse, parseIntArg } from './args';
 import { runForeground, spawnDaemon } from './daemonize';
 import { CliError, UsageError } from './errors';
 import { parseRemoteArg } from './remote-arg';
+import { helpText } from './help';
 
 export const RECOVER_USAGE = `usage: netdisk-ublk recover ID [--remote URI|HOST[:PORT]] [--foreground] [--json]
   Re-attaches a new daemon to netdisk-ublk device ID after its daemon died; queued I/O resumes.
@@ -23,7 +24,7 @@ export async function recover(argv: string[]): Promise<number> {
     help: { type: 'boolean', short: 'h' },
   }, 'recover');
   if (values.help) {
-    process.stdout.write(RECOVER_USAGE + '\n');
+    process.stdout.write(helpText(RECOVER_USAGE, 'netdisk-ublk recover 0'));
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError(`recover: expected one device ID\n${RECOVER_USAGE}`);

@@ -10,6 +10,7 @@ import { parseSize } from '../size';
 import { parse, parseIntArg } from './args';
 import { planListen } from './serve-listen';
 import { CliError, UsageError } from './errors';
+import { helpText } from './help';
 
 export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--size SIZE] [--name EXPORT] [--read-only]
                           [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
@@ -42,7 +43,7 @@ export async function serve(argv: string[]): Promise<number> {
     help: { type: 'boolean', short: 'h' },
   }, 'serve');
   if (values.help) {
-    process.stdout.write(SERVE_USAGE + '\n');
+    process.stdout.write(helpText(SERVE_USAGE, 'netdisk-ublk serve /srv/disk.img --size 10G --listen 0.0.0.0:10809'));
     return 0;
   }
   if (positionals.length !== 1) throw new UsageError(`serve: expected one IMAGE argument\n${SERVE_USAGE}`);
