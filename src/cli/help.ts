@@ -2,7 +2,7 @@
 // the exit codes, one example, the package's version.
 import * as fs from 'fs';
 import * as path from 'path';
-import { packageRoot } from '../package-root';
+import { packageRoot } from '../native/load';
 
 /** The exit statuses of every command (README "Exit codes" says the same). */
 export const EXIT_CODES = `exit codes:
