@@ -188,6 +188,18 @@ describe('server: TLS', function () {
       assert.strictEqual((await c.untilClosed()).length, 0, 'the server answered');
     });
 
+    it('clear text after the ACK instead of a TLS handshake: closed unanswered, the server serves on', async function () {
+      const srv = await serveImage(cleanup, path.join(dir, 'r6.img'), { size: '1M', name: 'disk', args: withPsk() });
+      const c = await RawConn.connect(srv.port);
+      await c.greeting();
+      c.write(u32(3));
+      c.write(option(OPT.STARTTLS));
+      assert.strictEqual((await c.optionReply()).type, REP.ACK);
+      c.write(option(OPT.GO, goData('disk')));
+      assert.strictEqual((await c.untilClosed()).length, 0, 'the server answered in clear text');
+      assert.strictEqual((await nbdinfoJson(`nbds://alice@localhost:${srv.port}/disk?tls-psk-file=${psk}`)).TLS, true);
+    });
+
     it('STARTTLS with data is invalid; a second STARTTLS inside TLS is invalid; then GO works', async function () {
       const srv = await serveImage(cleanup, path.join(dir, 'r5.img'), { size: '5M', name: 'disk', args: x509() });
       const c = await RawConn.connect(srv.port);
