@@ -227,8 +227,8 @@ function drive(client: NbdClient, c: Case, imageBytes: number, warmupMs: number,
       inFlight++;
       started[slot] = performance.now();
       const b = bufs[slot] as Buffer;
-      if (c.write) client.submit(type, 0, nextOffset(), c.blockBytes, b, null, 0, slot, onDone);
-      else client.submit(type, 0, nextOffset(), c.blockBytes, null, b, 0, slot, onDone);
+      if (c.write) client.submit({ type, offset: nextOffset(), length: c.blockBytes, data: b }, slot, onDone);
+      else client.submit({ type, offset: nextOffset(), length: c.blockBytes, into: b }, slot, onDone);
     };
     const onDone = (err: NbdError | null, slot: number): void => {
       inFlight--;

@@ -64,21 +64,21 @@ export class QueueService {
     switch (cmd) {
       case N.Cmd.READ: {
         const len = q.length(tag);
-        this.client.submit(cmd, flags, q.offset(tag), len, null, q.buffer(tag), 0, tag, this.onDone);
+        this.client.submit({ type: cmd, flags, offset: q.offset(tag), length: len, into: q.buffer(tag) }, tag, this.onDone);
         return;
       }
       case N.Cmd.WRITE: {
         // A view of the tag's buffer, not a copy: the kernel keeps the data there until commit.
         const data = q.data(tag);
-        this.client.submit(cmd, flags, q.offset(tag), data.length, data, null, 0, tag, this.onDone);
+        this.client.submit({ type: cmd, flags, offset: q.offset(tag), length: data.length, data }, tag, this.onDone);
         return;
       }
       case N.Cmd.FLUSH:
         // The kernel sends FLUSH with start_sector all ones: offset and length are not used.
-        this.client.submit(cmd, 0, 0, 0, null, null, 0, tag, this.onDone);
+        this.client.submit({ type: cmd }, tag, this.onDone);
         return;
       default:
-        this.client.submit(cmd, flags, q.offset(tag), q.length(tag), null, null, 0, tag, this.onDone);
+        this.client.submit({ type: cmd, flags, offset: q.offset(tag), length: q.length(tag) }, tag, this.onDone);
     }
   }
 }

@@ -1,7 +1,7 @@
 // A pipelined NBD client over one TCP connection: any number of requests in flight,
-// matched to replies by cookie (slot index in the low 32 bits, a generation in the high
-// 32 bits so a stale or forged reply cannot complete the wrong request). Requests issued
-// in one tick leave in one writev, made directly on the socket's fd (see sendQueued).
+// matched to replies by cookie (see request.ts; the requests live in a RequestTable, the
+// connection's own or its owner's). Requests issued in one tick leave in one writev, made
+// directly on the socket's fd (see sendQueued).
 // Read replies land in the caller's buffer: small ones are copied out of the receive
 // buffer, large ones are read from the socket straight into it (see nextReadBuffer).
 import { EventEmitter } from 'events';
@@ -13,6 +13,7 @@ import * as codec from './codec';
 import { ByteQueue } from './byte-queue';
 import { clientTlsOptions } from './client-tls';
 import { NbdConnectionError, NbdError, NbdHandshakeError, NbdProtocolError, NbdRequestError } from './errors';
+import { RequestState, RequestTable, type NbdOp, type NbdRequest, type RequestCallback } from './request';
 import { TlsFileError } from './tls-files';
 import type { NbdEndpoint, NbdTls } from './uri';
 
@@ -41,20 +42,16 @@ export interface ExportInfo {
   maxPayload: number;
 }
 
-/** Completion of one request: err is null on success. */
-export type RequestCallback<T> = (err: NbdError | null, ctx: T) => void;
+export type { NbdOp, RequestCallback } from './request';
 
-interface Slot {
-  readonly idx: number;
-  gen: number;
-  busy: boolean;
-  type: number;
-  length: number;
-  into: Buffer | null;
-  intoOffset: number;
-  cb: RequestCallback<unknown> | null;
-  ctx: unknown;
-  readonly header: Buffer;
+/**
+ * Where a connection's requests come from and where their outcomes go. The connection
+ * sends requests of `table` and reports each one it sent exactly once: with the server's
+ * reply (null or an NbdRequestError), or with the NbdConnectionError that ended it.
+ */
+export interface RequestOwner {
+  readonly table: RequestTable;
+  replied(r: NbdRequest, err: NbdError | null): void;
 }
 
 const RECV_BUFFER_BYTES = 256 * 1024;
@@ -71,8 +68,8 @@ export class NbdClient extends EventEmitter {
   private readonly sock: net.Socket;
   /** The socket under TLS (the same as sock without TLS): what abort() resets. */
   private readonly raw: net.Socket;
-  private readonly slots: Slot[] = [];
-  private readonly free: number[] = [];
+  private owner: RequestOwner;
+  /** Requests sent on this connection and not yet reported to the owner. */
   private inFlight = 0;
   // Requests submitted this tick, sent together by sendQueued().
   private readonly outBufs: Buffer[] = [];
@@ -84,7 +81,7 @@ export class NbdClient extends EventEmitter {
   // Reply parser state.
   private readonly hdr = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
   private hdrGot = 0;
-  private payloadSlot: Slot | null = null;
+  private payloadReq: NbdRequest | null = null;
   private payloadGot = 0;
 
   private constructor(sock: net.Socket, raw: net.Socket, info: ExportInfo, recvBuf: Buffer) {
@@ -93,6 +90,9 @@ export class NbdClient extends EventEmitter {
     this.raw = raw;
     this.info = info;
     this.recvBuf = recvBuf;
+    // On its own, a connection finishes its requests itself; a reconnecting client adopts it.
+    const table = new RequestTable();
+    this.owner = { table, replied: (r, err) => table.finish(r, err) };
     // libuv exposes the descriptor of a connected TCP handle; without it, sends take the stream
     // path. Over TLS the stream is the only path: the fd would carry clear text.
     const fd = sock instanceof tls.TLSSocket ? -1 : (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
@@ -225,39 +225,46 @@ export class NbdClient extends EventEmitter {
   }
 
   /**
-   * Sends one request. For READ, `into` receives the data at `intoOffset`; for WRITE, `data`
-   * is sent as is (it must not change until the callback). The callback runs once.
+   * Hands this connection's requests to `owner` (a reconnecting client: one table across
+   * its connections). Only before the first request.
    */
-  submit<T>(type: number, flags: number, offset: number, length: number, data: Buffer | null,
-    into: Buffer | null, intoOffset: number, ctx: T, cb: RequestCallback<T>): void {
-    if (this.dead) {
-      const err = this.dead;
-      queueMicrotask(() => cb(err, ctx));
-      return;
-    }
-    if (this.closing) {
+  adopt(owner: RequestOwner): void {
+    if (this.inFlight > 0 || this.owner.table.size > 0) throw new Error('adopt() after requests were sent');
+    this.owner = owner;
+  }
+
+  /**
+   * Sends one request on its own (no reconnecting owner). For READ, `into` receives the
+   * data at `intoOffset`; for WRITE, `data` is sent as is (it must not change until the
+   * callback). The callback runs once.
+   */
+  submit<T>(op: NbdOp, ctx: T, cb: RequestCallback<T>): void {
+    if (this.closing && !this.dead) {
       queueMicrotask(() => cb(new NbdConnectionError('client is closing'), ctx));
       return;
     }
-    let idx = this.free.pop();
-    if (idx === undefined) {
-      idx = this.slots.length;
-      this.slots.push({ idx, gen: 0, busy: false, type: 0, length: 0, into: null, intoOffset: 0, cb: null, ctx: null,
-        header: Buffer.allocUnsafe(C.REQUEST_HEADER_BYTES) });
+    this.send(this.owner.table.add(op, ctx, cb));
+  }
+
+  /**
+   * Sends a pending request of the owner's table (pending -> sent). On a dead connection it
+   * is reported back at once with the error that ended it.
+   */
+  send(r: NbdRequest): void {
+    r.state = RequestState.Sent;
+    r.conn = this;
+    if (this.dead) {
+      const err = this.dead;
+      const gen = r.gen;
+      queueMicrotask(() => {
+        if (r.gen === gen && r.state === RequestState.Sent && r.conn === this) this.owner.replied(r, err);
+      });
+      return;
     }
-    const s = this.slots[idx] as Slot;
-    s.gen = (s.gen + 1) >>> 0;
-    s.busy = true;
-    s.type = type;
-    s.length = length;
-    s.into = into;
-    s.intoOffset = intoOffset;
-    s.cb = cb as RequestCallback<unknown>;
-    s.ctx = ctx;
     this.inFlight++;
-    codec.writeRequestHeader(s.header, flags, type, s.gen, idx, offset, length);
-    this.outBufs.push(s.header);
-    if (data !== null && data.length > 0) this.outBufs.push(data);
+    codec.writeRequestHeader(r.header, r.flags, r.type, r.gen, r.idx, r.offset, r.length);
+    this.outBufs.push(r.header);
+    if (r.data !== null && r.data.length > 0) this.outBufs.push(r.data);
     if (!this.sendQueuedSoon) {
       this.sendQueuedSoon = true;
       process.nextTick(sendQueuedTick, this);
@@ -309,7 +316,7 @@ export class NbdClient extends EventEmitter {
   read(offset: number, length: number, into?: Buffer, intoOffset = 0): Promise<Buffer> {
     const target = into ?? Buffer.allocUnsafe(length);
     return new Promise((resolve, reject) => {
-      this.submit(C.Cmd.READ, 0, offset, length, null, target, intoOffset, null,
+      this.submit({ type: C.Cmd.READ, offset, length, into: target, intoOffset }, null,
         (err) => (err ? reject(err) : resolve(target)));
     });
   }
@@ -353,7 +360,7 @@ export class NbdClient extends EventEmitter {
 
   private simple(type: number, flags: number, offset: number, length: number, data: Buffer | null): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.submit(type, flags, offset, length, data, null, 0, null, (err) => (err ? reject(err) : resolve()));
+      this.submit({ type, flags, offset, length, data }, null, (err) => (err ? reject(err) : resolve()));
     });
   }
 
@@ -362,7 +369,7 @@ export class NbdClient extends EventEmitter {
    * being received (read in place, no copy), else the receive buffer.
    */
   private nextReadBuffer(): Buffer {
-    const s = this.payloadSlot;
+    const s = this.payloadReq;
     if (s !== null && s.length - this.payloadGot >= DIRECT_READ_MIN_BYTES) {
       const at = s.intoOffset + this.payloadGot;
       return (s.into as Buffer).subarray(at, at + s.length - this.payloadGot);
@@ -379,11 +386,11 @@ export class NbdClient extends EventEmitter {
   private onBytes(buf: Buffer, n: number): void {
     if (buf !== this.recvBuf) {
       // Read in place (nextReadBuffer): the bytes are already where they belong.
-      const s = this.payloadSlot;
+      const s = this.payloadReq;
       if (s === null) return; // the connection died meanwhile
       this.payloadGot += n;
       if (this.payloadGot === s.length) {
-        this.payloadSlot = null;
+        this.payloadReq = null;
         this.complete(s, null);
       }
       return;
@@ -395,14 +402,14 @@ export class NbdClient extends EventEmitter {
   private parse(buf: Buffer, n: number): void {
     let pos = 0;
     while (pos < n && !this.dead) {
-      const s = this.payloadSlot;
+      const s = this.payloadReq;
       if (s !== null) {
         const k = Math.min(n - pos, s.length - this.payloadGot);
         buf.copy(s.into as Buffer, s.intoOffset + this.payloadGot, pos, pos + k);
         pos += k;
         this.payloadGot += k;
         if (this.payloadGot === s.length) {
-          this.payloadSlot = null;
+          this.payloadReq = null;
           this.complete(s, null);
         }
         continue;
@@ -434,29 +441,24 @@ export class NbdClient extends EventEmitter {
     const error = h.readUInt32BE(at + 4);
     const gen = h.readUInt32BE(at + 8);
     const idx = h.readUInt32BE(at + 12);
-    const s = this.slots[idx];
-    if (s === undefined || !s.busy || s.gen !== gen) {
+    const s = this.owner.table.sent(gen, idx);
+    if (s === undefined || s.conn !== this) {
       return this.protocolError(`reply for unknown cookie ${gen}:${idx}`);
     }
     if (error !== 0) return this.complete(s, new NbdRequestError(error, C.CMD_NAMES[s.type] ?? `command ${s.type}`));
     if (s.type === C.Cmd.READ && s.length > 0) {
-      this.payloadSlot = s;
+      this.payloadReq = s;
       this.payloadGot = 0;
       return;
     }
     this.complete(s, null);
   }
 
-  private complete(s: Slot, err: NbdError | null): void {
-    const cb = s.cb as RequestCallback<unknown>;
-    const ctx = s.ctx;
-    s.busy = false;
-    s.cb = null;
-    s.ctx = null;
-    s.into = null;
-    this.free.push(s.idx);
+  /** Reports a request sent here to the owner (once: it leaves this connection). */
+  private complete(s: NbdRequest, err: NbdError | null): void {
+    s.conn = null;
     this.inFlight--;
-    cb(err, ctx);
+    this.owner.replied(s, err);
     if (this.inFlight === 0) this.emit('idle');
   }
 
@@ -469,10 +471,11 @@ export class NbdClient extends EventEmitter {
   private kill(err: NbdConnectionError): void {
     if (this.dead) return;
     this.dead = err;
-    this.payloadSlot = null;
+    this.payloadReq = null;
     this.outBufs.length = 0;
-    for (const s of this.slots) {
-      if (s.busy) this.complete(s, err);
+    // A snapshot: the owner may finish, resubmit or resend requests while hearing of each.
+    for (const s of this.owner.table.list((r) => r.state === RequestState.Sent && r.conn === this)) {
+      if (s.state === RequestState.Sent && s.conn === this) this.complete(s, err);
     }
     this.emit('idle');
     this.emit('close', err);

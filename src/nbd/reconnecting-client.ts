@@ -1,4 +1,5 @@
-// An NBD client that rides out connection loss. Requests without a reply are kept; a
+// An NBD client that rides out connection loss. Its requests live in one table
+// (request.ts) shared by every connection it makes; requests without a reply are kept: a
 // lost connection (socket error, EOF, a protocol violation, ESHUTDOWN, or no reply within
 // the request timeout) is reconnected with backoff, the export is checked to be the same
 // (size and flags: a different export must not receive these writes), and every request
@@ -11,9 +12,10 @@
 // acknowledged before it, on whatever connection (the server's multi-conn guarantee, or a
 // single connection).
 import { EventEmitter } from 'events';
-import { NbdClient, type ConnectOptions, type ExportInfo, type RequestCallback } from './client';
+import { NbdClient, type ConnectOptions, type ExportInfo, type RequestOwner } from './client';
 import * as C from './constants';
 import { NbdConnectionError, NbdError, NbdRequestError } from './errors';
+import { RequestState, RequestTable, type NbdOp, type NbdRequest, type RequestCallback } from './request';
 
 export interface ReconnectOptions extends ConnectOptions {
   /** A request without a reply for this long means the connection is stalled (0: never). */
@@ -30,24 +32,6 @@ export interface ReconnectOptions extends ConnectOptions {
 export interface DisconnectEvent { reason: string; pending: number }
 export interface ReconnectEvent { downMs: number; attempts: number; resent: number }
 
-interface Entry {
-  readonly idx: number;
-  seq: number;
-  busy: boolean;
-  sent: boolean;
-  /** Timer tick at which it was sent, for the request timeout. */
-  tick: number;
-  type: number;
-  flags: number;
-  offset: number;
-  length: number;
-  data: Buffer | null;
-  into: Buffer | null;
-  intoOffset: number;
-  ctx: unknown;
-  cb: RequestCallback<unknown> | null;
-}
-
 const enum State { Connected, Reconnecting, Failed, Closed }
 
 const TICK_MS = 500;
@@ -60,23 +44,23 @@ export class ReconnectingClient extends EventEmitter {
   private readonly opts: ReconnectOptions;
   private readonly expect: ExportInfo;
   private state = State.Connected;
-  private readonly entries: Entry[] = [];
-  private readonly free: number[] = [];
-  private pendingCount = 0;
-  private seq = 0;
+  private readonly table = new RequestTable();
+  /** What each connection reports to: this client's table and reply policy. */
+  private readonly owner: RequestOwner;
+  /** Timer ticks: a request's sentAt, for the request timeout. */
   private tick = 0;
   private downSince = 0;
   private failTimer: NodeJS.Timeout | undefined;
   private readonly ticker: NodeJS.Timeout;
   private shuttingDown = false;
-  private readonly onReply: RequestCallback<Entry>;
 
   private constructor(client: NbdClient, opts: ReconnectOptions) {
     super();
     this.client = client;
     this.opts = opts;
     this.expect = opts.expect ?? client.info;
-    this.onReply = (err, e) => this.replied(err, e);
+    this.owner = { table: this.table, replied: (r, err) => this.replied(r, err) };
+    client.adopt(this.owner);
     this.watch(client);
     const timeoutTicks = Math.ceil(opts.timeoutMs / TICK_MS);
     this.ticker = setInterval(() => {
@@ -101,36 +85,20 @@ export class ReconnectingClient extends EventEmitter {
 
   get info(): ExportInfo { return this.expect; }
   get connected(): boolean { return this.state === State.Connected; }
-  get pending(): number { return this.pendingCount; }
+  get pending(): number { return this.table.size; }
 
-  submit<T>(type: number, flags: number, offset: number, length: number, data: Buffer | null,
-    into: Buffer | null, intoOffset: number, ctx: T, cb: RequestCallback<T>): void {
+  /**
+   * Submits one request (see NbdClient.submit for `op`); the callback runs once, after the
+   * reply, or with an NbdConnectionError once the store has been unreachable for failAfterMs.
+   */
+  submit<T>(op: NbdOp, ctx: T, cb: RequestCallback<T>): void {
     if (this.state === State.Closed || this.state === State.Failed) {
       const err = new NbdConnectionError(this.state === State.Closed ? 'client closed' : 'the store is unreachable');
       queueMicrotask(() => cb(err, ctx));
       return;
     }
-    let idx = this.free.pop();
-    if (idx === undefined) {
-      idx = this.entries.length;
-      this.entries.push({ idx, seq: 0, busy: false, sent: false, tick: 0, type: 0, flags: 0, offset: 0, length: 0,
-        data: null, into: null, intoOffset: 0, ctx: null, cb: null });
-    }
-    const e = this.entries[idx] as Entry;
-    e.seq = this.seq++;
-    e.busy = true;
-    e.sent = false;
-    e.type = type;
-    e.flags = flags;
-    e.offset = offset;
-    e.length = length;
-    e.data = data;
-    e.into = into;
-    e.intoOffset = intoOffset;
-    e.ctx = ctx;
-    e.cb = cb as RequestCallback<unknown>;
-    this.pendingCount++;
-    if (this.state === State.Connected) this.send(e);
+    const r = this.table.add(op, ctx, cb);
+    if (this.state === State.Connected) this.send(r);
   }
 
   /**
@@ -145,7 +113,7 @@ export class ReconnectingClient extends EventEmitter {
   /** Waits for pending requests (failing them if disconnected), then disconnects cleanly. */
   async close(): Promise<void> {
     this.shutdown();
-    while (this.pendingCount > 0 && this.state === State.Connected) await new Promise((r) => setTimeout(r, 10));
+    while (this.table.size > 0 && this.state === State.Connected) await new Promise((r) => setTimeout(r, 10));
     this.state = State.Closed;
     this.failAll(new NbdConnectionError('client closed'));
     clearInterval(this.ticker);
@@ -154,36 +122,23 @@ export class ReconnectingClient extends EventEmitter {
     this.client.destroy();
   }
 
-  private send(e: Entry): void {
-    e.sent = true;
-    e.tick = this.tick;
-    this.client.submit(e.type, e.flags, e.offset, e.length, e.data, e.into, e.intoOffset, e, this.onReply);
+  private send(r: NbdRequest): void {
+    r.sentAt = this.tick;
+    this.client.send(r);
   }
 
-  private replied(err: NbdError | null, e: Entry): void {
-    if (!e.busy) return;
+  private replied(r: NbdRequest, err: NbdError | null): void {
+    if (r.state === RequestState.Done) return;
     if (err === null || (err instanceof NbdRequestError && err.errno !== C.NBD_ESHUTDOWN)) {
-      this.finish(e, err);
+      this.table.finish(r, err);
       return;
     }
     // The connection failed under this request, or the server is shutting down (ESHUTDOWN:
-    // the spec asks the client to disconnect): keep it for the next connection.
-    e.sent = false;
+    // the spec asks the client to disconnect): back to pending, for the next connection.
+    r.state = RequestState.Pending;
+    r.conn = null;
     if (this.state === State.Connected) this.lost(err.message);
-    else if (this.state !== State.Reconnecting) this.finish(e, err);
-  }
-
-  private finish(e: Entry, err: NbdError | null): void {
-    const cb = e.cb as RequestCallback<unknown>;
-    const ctx = e.ctx;
-    e.busy = false;
-    e.cb = null;
-    e.ctx = null;
-    e.data = null;
-    e.into = null;
-    this.pendingCount--;
-    this.free.push(e.idx);
-    cb(err, ctx);
+    else if (this.state !== State.Reconnecting) this.table.finish(r, err);
   }
 
   private watch(client: NbdClient): void {
@@ -195,11 +150,8 @@ export class ReconnectingClient extends EventEmitter {
   private checkTimeouts(timeoutTicks: number): void {
     // A request sent during tick t has waited between (n - 1) and n ticks at tick t + n:
     // only more than timeoutTicks ticks guarantees the full timeout.
-    for (const e of this.entries) {
-      if (e.busy && e.sent && this.tick - e.tick > timeoutTicks) {
-        this.lost(`no reply within ${this.opts.timeoutMs} ms`);
-        return;
-      }
+    if (this.table.some((r) => r.state === RequestState.Sent && this.tick - r.sentAt > timeoutTicks)) {
+      this.lost(`no reply within ${this.opts.timeoutMs} ms`);
     }
   }
 
@@ -214,7 +166,7 @@ export class ReconnectingClient extends EventEmitter {
       return;
     }
     this.state = State.Reconnecting;
-    this.emit('disconnect', { reason, pending: this.pendingCount } satisfies DisconnectEvent);
+    this.emit('disconnect', { reason, pending: this.table.size } satisfies DisconnectEvent);
     old.destroy(new NbdConnectionError(reason)); // every request on it comes back unsent
     const failAfter = this.opts.failAfterMs;
     if (failAfter <= 0) this.giveUp(reason);
@@ -226,12 +178,12 @@ export class ReconnectingClient extends EventEmitter {
   private giveUp(reason: string): void {
     if (this.state !== State.Reconnecting) return;
     this.state = State.Failed;
-    this.emit('give-up', { reason, pending: this.pendingCount });
+    this.emit('give-up', { reason, pending: this.table.size });
     this.failAll(new NbdConnectionError(reason));
   }
 
   private failAll(err: NbdConnectionError): void {
-    for (const e of [...this.entries].sort((a, b) => a.seq - b.seq)) if (e.busy) this.finish(e, err);
+    for (const r of this.table.list(() => true)) this.table.finish(r, err);
   }
 
   private async reconnectLoop(): Promise<void> {
@@ -253,12 +205,14 @@ export class ReconnectingClient extends EventEmitter {
           c.destroy();
           return;
         }
+        c.adopt(this.owner);
         this.client = c;
         this.watch(c);
         if (this.failTimer) clearTimeout(this.failTimer);
         this.state = State.Connected;
-        const waiting = this.entries.filter((e) => e.busy && !e.sent).sort((a, b) => a.seq - b.seq);
-        for (const e of waiting) this.send(e);
+        // Losing a connection put every request sent on it back to pending (replied()).
+        const waiting = this.table.list((r) => r.state === RequestState.Pending);
+        for (const r of waiting) this.send(r);
         this.emit('reconnect', { downMs: Date.now() - this.downSince, attempts, resent: waiting.length } satisfies ReconnectEvent);
         return;
       } catch (err) {

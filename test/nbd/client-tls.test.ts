@@ -156,13 +156,13 @@ describe('nbd client: TLS', function () {
       host: e.host, port: e.port, socket: e.socket, exportName: e.exportName, tls: e.tls, timeoutMs: 0, failAfterMs: 30_000,
     });
     const data = Buffer.alloc(65536, 0x3c);
-    await new Promise<void>((res, rej) => rc.submit(1, 0, 0, data.length, data, null, 0, null, (err) => (err ? rej(err) : res())));
+    await new Promise<void>((res, rej) => rc.submit({ type: 1, length: data.length, data }, null, (err) => (err ? rej(err) : res())));
     let reconnected = false;
     rc.once('reconnect', () => { reconnected = true; });
     await srv.stop();
     srv = await serveImage(cleanup, image, { name: 'd', listen: `unix:${sock}`, args });
     const back = Buffer.alloc(data.length);
-    await new Promise<void>((res, rej) => rc.submit(0, 0, 0, back.length, null, back, 0, null, (err) => (err ? rej(err) : res())));
+    await new Promise<void>((res, rej) => rc.submit({ type: 0, length: back.length, into: back }, null, (err) => (err ? rej(err) : res())));
     assert.ok(back.equals(data));
     assert.ok(reconnected, 'no reconnect was seen');
     await rc.close();

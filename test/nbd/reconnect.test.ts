@@ -38,7 +38,7 @@ class Harness {
 
   request(type: number, offset: number, length: number, opts: { data?: Buffer; into?: Buffer; flags?: number } = {}): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.client.submit(type, opts.flags ?? 0, offset, length, opts.data ?? null, opts.into ?? null, 0, null,
+      this.client.submit({ type, flags: opts.flags ?? 0, offset, length, data: opts.data ?? null, into: opts.into ?? null }, null,
         (err: NbdError | null) => (err ? reject(err) : resolve()));
     });
   }
