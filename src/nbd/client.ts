@@ -1,11 +1,8 @@
-// A pipelined NBD client over one TCP connection: any number of requests in flight,
-// matched to replies by cookie (see request.ts; the requests live in a RequestTable, the
-// connection's own or its owner's). Requests issued in one tick leave in one writev, made
-// directly on the socket's fd (see sendQueued).
-// Read replies land in the caller's buffer: small ones are copied out of the receive
-// buffer, large ones are read from the socket straight into it (see nextReadBuffer).
+// A pipelined NBD client over one connection: any number of requests in flight, matched
+// to replies by cookie (see request.ts; the requests live in a RequestTable, the
+// connection's own or its owner's). The handshake runs here over a Node socket; then a
+// transport (transport.ts) moves the bytes and this class keeps every protocol decision.
 import { EventEmitter } from 'events';
-import * as fs from 'fs';
 import * as net from 'net';
 import * as tls from 'tls';
 import * as C from './constants';
@@ -15,6 +12,8 @@ import { clientTlsOptions } from './client-tls';
 import { NbdConnectionError, NbdError, NbdHandshakeError, NbdProtocolError, NbdRequestError } from './errors';
 import { RequestState, RequestTable, type NbdOp, type NbdRequest, type RequestCallback } from './request';
 import { TlsFileError } from './tls-files';
+import { RECV_BUFFER_BYTES, StreamTransport } from './stream-transport';
+import type { NbdTransport, TransportOwner } from './transport';
 import type { NbdEndpoint, NbdTls } from './uri';
 
 /** Where an export is served: all a connection to it needs (an NBD URI, parsed). */
@@ -54,51 +53,24 @@ export interface RequestOwner {
   replied(r: NbdRequest, err: NbdError | null): void;
 }
 
-const RECV_BUFFER_BYTES = 256 * 1024;
 const MAX_OPTION_REPLY_BYTES = 64 * 1024;
-// A READ payload with at least this much still to come is read from the socket straight
-// into the caller's buffer. Below it, the bytes are copied out of the receive buffer: one
-// read() then serves many replies, and a few KiB copy costs less than the read() per
-// payload that reading in place takes.
-const DIRECT_READ_MIN_BYTES = 64 * 1024;
 
-export class NbdClient extends EventEmitter {
+export class NbdClient extends EventEmitter implements TransportOwner {
   readonly info: ExportInfo;
-  /** The NBD stream: the TCP or unix socket, or the TLS socket over it. */
-  private readonly sock: net.Socket;
-  /** The socket under TLS (the same as sock without TLS): what abort() resets. */
-  private readonly raw: net.Socket;
+  private readonly transport: NbdTransport;
   private owner: RequestOwner;
   /** Requests sent on this connection and not yet reported to the owner. */
   private inFlight = 0;
-  // Requests submitted this tick, sent together by sendQueued().
-  private readonly outBufs: Buffer[] = [];
-  private sendQueuedSoon = false;
-  private readonly fd: number;
-  private readonly recvBuf: Buffer;
   private dead: NbdConnectionError | null = null;
   private closing: Promise<void> | null = null;
-  // Reply parser state.
-  private readonly hdr = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
-  private hdrGot = 0;
-  private payloadReq: NbdRequest | null = null;
-  private payloadGot = 0;
 
-  private constructor(sock: net.Socket, raw: net.Socket, info: ExportInfo, recvBuf: Buffer) {
+  private constructor(transport: NbdTransport, info: ExportInfo) {
     super();
-    this.sock = sock;
-    this.raw = raw;
+    this.transport = transport;
     this.info = info;
-    this.recvBuf = recvBuf;
     // On its own, a connection finishes its requests itself; a reconnecting client adopts it.
     const table = new RequestTable();
     this.owner = { table, replied: (r, err) => table.finish(r, err) };
-    // libuv exposes the descriptor of a connected TCP handle; without it, sends take the stream
-    // path. Over TLS the stream is the only path: the fd would carry clear text.
-    const fd = sock instanceof tls.TLSSocket ? -1 : (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-    this.fd = typeof fd === 'number' && fd >= 0 ? fd : -1;
-    sock.on('error', (err) => this.kill(new NbdConnectionError(`connection error: ${err.message}`, { cause: err })));
-    sock.on('close', () => this.kill(new NbdConnectionError('connection closed by the server')));
   }
 
   get size(): number { return this.info.size; }
@@ -110,6 +82,8 @@ export class NbdClient extends EventEmitter {
   get canMultiConn(): boolean { return (this.info.flags & C.TFLAG_CAN_MULTI_CONN) !== 0; }
   get pending(): number { return this.inFlight; }
   get closed(): boolean { return this.dead !== null; }
+  /** How this connection's bytes move ('stream'). */
+  get transportKind(): string { return this.transport.kind; }
 
   static connect(opts: ConnectOptions): Promise<NbdClient> {
     const timeoutMs = opts.handshakeTimeoutMs ?? 15000;
@@ -118,7 +92,7 @@ export class NbdClient extends EventEmitter {
       const q = new ByteQueue();
       let waiter: (() => void) | null = null;
       let failure: NbdError | null = null;
-      let client: NbdClient | null = null;
+      let stream: StreamTransport | null = null;
       const recvBuf = Buffer.allocUnsafe(RECV_BUFFER_BYTES);
       const fail = (e: NbdError): void => {
         failure ??= e;
@@ -136,9 +110,9 @@ export class NbdClient extends EventEmitter {
         ...(opts.socket ? { path: opts.socket } : { host: opts.host, port: opts.port, noDelay: true }),
         onread: {
           // Called after every read for the buffer of the next one.
-          buffer: () => (client ? client.nextReadBuffer() : recvBuf),
+          buffer: () => (stream ? stream.nextReadBuffer() : recvBuf),
           callback: (n: number, buf: Uint8Array) => {
-            if (client) client.onBytes(buf as Buffer, n);
+            if (stream) stream.onBytes(buf as Buffer, n);
             else received(Buffer.from(buf.subarray(0, n))); // handshake only: copy is fine
             return true;
           },
@@ -185,7 +159,7 @@ export class NbdClient extends EventEmitter {
           }
           const secure = tls.connect({ ...tlsOpts, socket: sock });
           io.sock = secure;
-          secure.on('data', (b: Buffer) => (client ? client.onChunk(b) : received(b)));
+          secure.on('data', (b: Buffer) => (stream ? stream.onChunk(b) : received(b)));
           let tlsError: (err: Error) => void = () => undefined;
           let tlsClose: () => void = () => undefined;
           await new Promise<void>((resolve2, reject2) => {
@@ -210,7 +184,9 @@ export class NbdClient extends EventEmitter {
             s.off('error', onError);
             s.off('close', onClose);
           }
-          client = new NbdClient(io.sock, sock, info, recvBuf);
+          stream = new StreamTransport(io.sock, sock, recvBuf);
+          const client = new NbdClient(stream, info);
+          stream.attach(client);
           resolve(client);
         },
       ).catch((err: unknown) => {
@@ -263,54 +239,7 @@ export class NbdClient extends EventEmitter {
     }
     this.inFlight++;
     codec.writeRequestHeader(r.header, r.flags, r.type, r.gen, r.idx, r.offset, r.length);
-    this.outBufs.push(r.header);
-    if (r.data !== null && r.data.length > 0) this.outBufs.push(r.data);
-    if (!this.sendQueuedSoon) {
-      this.sendQueuedSoon = true;
-      process.nextTick(sendQueuedTick, this);
-    }
-  }
-
-  /**
-   * Sends every request submitted since the last call, in order, with one writev on the
-   * socket's fd. The stream (net.Socket.write) would take the same system call, but first
-   * builds buffering entries, a write request and completion callbacks per batch and per
-   * chunk, which cost more than the system call itself on a slow CPU. The fd is written
-   * only while the stream holds nothing (so bytes stay in order); whatever the kernel does
-   * not take right away (a full socket buffer) goes through the stream, which waits for room.
-   */
-  sendQueued(): void {
-    this.sendQueuedSoon = false;
-    const bufs = this.outBufs;
-    const n = bufs.length;
-    if (n === 0) return;
-    if (this.dead) {
-      bufs.length = 0;
-      return;
-    }
-    let written = 0;
-    if (this.fd >= 0 && this.sock.writableLength === 0 && !this.sock.destroyed) {
-      try {
-        written = n === 1 ? fs.writeSync(this.fd, bufs[0] as Buffer) : fs.writevSync(this.fd, bufs);
-      } catch (err) {
-        const e = err as NodeJS.ErrnoException;
-        if (e.code !== 'EAGAIN' && e.code !== 'EWOULDBLOCK') {
-          bufs.length = 0;
-          this.kill(new NbdConnectionError(`connection error: ${e.message}`, { cause: e }));
-          abort(this.sock, this.raw);
-          return;
-        }
-      }
-    }
-    let i = 0;
-    while (i < n && written >= (bufs[i] as Buffer).length) written -= (bufs[i++] as Buffer).length;
-    if (i < n) {
-      this.sock.cork();
-      this.sock.write(written > 0 ? (bufs[i++] as Buffer).subarray(written) : (bufs[i++] as Buffer));
-      while (i < n) this.sock.write(bufs[i++] as Buffer);
-      this.sock.uncork();
-    }
-    bufs.length = 0;
+    this.transport.send(r);
   }
 
   read(offset: number, length: number, into?: Buffer, intoOffset = 0): Promise<Buffer> {
@@ -345,17 +274,16 @@ export class NbdClient extends EventEmitter {
       if (!this.dead) {
         const disc = Buffer.allocUnsafe(C.REQUEST_HEADER_BYTES);
         codec.writeRequestHeader(disc, 0, C.Cmd.DISC, 0, 0, 0, 0);
-        this.sock.end(disc);
-        await new Promise<void>((r) => (this.sock.destroyed ? r() : this.sock.once('close', () => r())));
+        await this.transport.end(disc);
       }
     })();
     return this.closing;
   }
 
-  /** Drops the connection now (a reset: see abort()); requests in flight fail with err. */
+  /** Drops the connection now (a reset: see StreamTransport.abort()); requests in flight fail with err. */
   destroy(err?: NbdConnectionError): void {
     this.kill(err ?? new NbdConnectionError('client destroyed'));
-    abort(this.sock, this.raw);
+    this.transport.abort();
   }
 
   private simple(type: number, flags: number, offset: number, length: number, data: Buffer | null): Promise<void> {
@@ -364,94 +292,40 @@ export class NbdClient extends EventEmitter {
     });
   }
 
-  /**
-   * Where the next read from the socket goes: the rest of a large READ payload when one is
-   * being received (read in place, no copy), else the receive buffer.
-   */
-  private nextReadBuffer(): Buffer {
-    const s = this.payloadReq;
-    if (s !== null && s.length - this.payloadGot >= DIRECT_READ_MIN_BYTES) {
-      const at = s.intoOffset + this.payloadGot;
-      return (s.into as Buffer).subarray(at, at + s.length - this.payloadGot);
-    }
-    return this.recvBuf;
-  }
-
-  /** Bytes decrypted by TLS (the stream's 'data'): no reading in place, each chunk is parsed where it is. */
-  private onChunk(chunk: Buffer): void {
-    this.parse(chunk, chunk.length);
-  }
-
-  /** Consumes n bytes read into buf: the receive buffer (reused after this returns) or a READ payload's place. */
-  private onBytes(buf: Buffer, n: number): void {
-    if (buf !== this.recvBuf) {
-      // Read in place (nextReadBuffer): the bytes are already where they belong.
-      const s = this.payloadReq;
-      if (s === null) return; // the connection died meanwhile
-      this.payloadGot += n;
-      if (this.payloadGot === s.length) {
-        this.payloadReq = null;
-        this.complete(s, null);
-      }
-      return;
-    }
-    this.parse(buf, n);
-  }
-
-  /** Parses n bytes of replies in buf, copying READ payloads to their places. */
-  private parse(buf: Buffer, n: number): void {
-    let pos = 0;
-    while (pos < n && !this.dead) {
-      const s = this.payloadReq;
-      if (s !== null) {
-        const k = Math.min(n - pos, s.length - this.payloadGot);
-        buf.copy(s.into as Buffer, s.intoOffset + this.payloadGot, pos, pos + k);
-        pos += k;
-        this.payloadGot += k;
-        if (this.payloadGot === s.length) {
-          this.payloadReq = null;
-          this.complete(s, null);
-        }
-        continue;
-      }
-      if (this.hdrGot === 0 && n - pos >= C.SIMPLE_REPLY_BYTES) {
-        // The whole header is in this chunk (the usual case): parse it where it is.
-        const at = pos;
-        pos += C.SIMPLE_REPLY_BYTES;
-        this.onReplyHeader(buf, at);
-        continue;
-      }
-      const k = Math.min(n - pos, C.SIMPLE_REPLY_BYTES - this.hdrGot);
-      buf.copy(this.hdr, this.hdrGot, pos, pos + k);
-      pos += k;
-      this.hdrGot += k;
-      if (this.hdrGot < C.SIMPLE_REPLY_BYTES) break;
-      this.hdrGot = 0;
-      this.onReplyHeader(this.hdr, 0);
-    }
-  }
-
-  private onReplyHeader(h: Buffer, at: number): void {
+  /** TransportOwner: a reply header; returns the READ whose payload follows. */
+  onReplyHeader(h: Buffer, at: number): NbdRequest | null {
     const magic = h.readUInt32BE(at);
     if (magic !== C.SIMPLE_REPLY_MAGIC) {
       const what = magic === C.STRUCTURED_REPLY_MAGIC ? 'a structured reply, which was not negotiated'
         : `bad reply magic 0x${magic.toString(16)}`;
-      return this.protocolError(what);
+      this.protocolError(what);
+      return null;
     }
     const error = h.readUInt32BE(at + 4);
     const gen = h.readUInt32BE(at + 8);
     const idx = h.readUInt32BE(at + 12);
     const s = this.owner.table.sent(gen, idx);
     if (s === undefined || s.conn !== this) {
-      return this.protocolError(`reply for unknown cookie ${gen}:${idx}`);
+      this.protocolError(`reply for unknown cookie ${gen}:${idx}`);
+      return null;
     }
-    if (error !== 0) return this.complete(s, new NbdRequestError(error, C.CMD_NAMES[s.type] ?? `command ${s.type}`));
-    if (s.type === C.Cmd.READ && s.length > 0) {
-      this.payloadReq = s;
-      this.payloadGot = 0;
-      return;
+    if (error !== 0) {
+      this.complete(s, new NbdRequestError(error, C.CMD_NAMES[s.type] ?? `command ${s.type}`));
+      return null;
     }
+    if (s.type === C.Cmd.READ && s.length > 0) return s;
     this.complete(s, null);
+    return null;
+  }
+
+  /** TransportOwner: a READ's payload is in place. */
+  onPayload(r: NbdRequest): void {
+    if (r.state === RequestState.Sent && r.conn === this) this.complete(r, null);
+  }
+
+  /** TransportOwner: the connection ended under us. */
+  onClosed(err: NbdConnectionError): void {
+    this.kill(err);
   }
 
   /** Reports a request sent here to the owner (once: it leaves this connection). */
@@ -465,14 +339,12 @@ export class NbdClient extends EventEmitter {
   private protocolError(what: string): void {
     const err = new NbdProtocolError(`server broke the protocol: ${what}`);
     this.kill(new NbdConnectionError(err.message, { cause: err }));
-    abort(this.sock, this.raw);
+    this.transport.abort();
   }
 
   private kill(err: NbdConnectionError): void {
     if (this.dead) return;
     this.dead = err;
-    this.payloadReq = null;
-    this.outBufs.length = 0;
     // A snapshot: the owner may finish, resubmit or resend requests while hearing of each.
     for (const s of this.owner.table.list((r) => r.state === RequestState.Sent && r.conn === this)) {
       if (s.state === RequestState.Sent && s.conn === this) this.complete(s, err);
@@ -480,23 +352,6 @@ export class NbdClient extends EventEmitter {
     this.emit('idle');
     this.emit('close', err);
   }
-}
-
-/**
- * Ends an abandoned connection with a reset rather than a FIN. A closed socket's queued
- * bytes stay in the kernel, which keeps retransmitting them: after a network partition
- * heals, writes from a connection given up for stalling could reach the store after newer
- * writes to the same blocks sent over the next connection. A reset discards the queue.
- */
-function abort(sock: net.Socket, raw: net.Socket): void {
-  if (sock !== raw) sock.destroy(); // TLS: the reset goes on the socket under it
-  if (raw.destroyed) return;
-  if (raw.connecting || raw.remoteAddress === undefined) raw.destroy(); // nothing sent yet, or a unix socket (no reset there)
-  else raw.resetAndDestroy();
-}
-
-function sendQueuedTick(c: NbdClient): void {
-  c.sendQueued();
 }
 
 type Need = (n: number) => Promise<Buffer>;
