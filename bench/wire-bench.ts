@@ -11,8 +11,10 @@
 //                         [--servers ours,nbdkit,nbd-server] [--cases randread-4k-qd1,...] [--out FILE | --no-out]
 //                         [--baseline DIR]   (also our server from another built checkout, as "baseline")
 //                         [--pin]            (client on CPU 0, servers on the other CPUs)
+//                         --servers ours-tls,nbdkit-tls: the same servers requiring TLS (PSK), the
+//                         client connecting as for nbds:// (what TLS costs on the wire)
 import { ChildProcess, execFileSync, spawn } from 'child_process';
-import { randomFillSync } from 'crypto';
+import { randomBytes, randomFillSync } from 'crypto';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
@@ -22,6 +24,7 @@ import { parseArgs } from 'util';
 import * as C from '../src/nbd/constants';
 import { NbdClient } from '../src/nbd/client';
 import { NbdError } from '../src/nbd/errors';
+import type { NbdTls } from '../src/nbd/uri';
 import { packageRoot } from '../src/native/load';
 import { parseSize } from '../src/size';
 import { pidAlive } from '../src/device/state';
@@ -46,6 +49,17 @@ const CASES: Case[] = [
 interface Endpoint {
   port: number;
   exportName: string;
+  /** The server requires TLS: the client connects with these settings (nbds://). */
+  tls?: NbdTls;
+}
+
+const PSK_USER = 'wire-bench';
+
+/** This run's PSK for the TLS servers (psktool's format, in the run's work directory). */
+function psk(work: string): NbdTls {
+  const file = path.join(work, 'bench.psk');
+  if (!fs.existsSync(file)) fs.writeFileSync(file, `${PSK_USER}:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  return { verifyPeer: true, pskFile: file, username: PSK_USER };
 }
 
 interface ServerKind {
@@ -68,7 +82,7 @@ interface Result {
 // ---- servers ----
 
 /** Our server from the checkout at root (this one, or --baseline's). */
-function netdisk(name: string, root: string): ServerKind {
+function netdisk(name: string, root: string, tls = false): ServerKind {
   return {
     name,
     version: () => {
@@ -82,9 +96,11 @@ function netdisk(name: string, root: string): ServerKind {
         return `${name}: netdisk-ublk at ${root}`;
       }
     },
-    async start(image) {
+    async start(image, work) {
       const cli = path.join(root, 'bin', 'netdisk-ublk.js');
-      const child = spawn(...pinned(process.execPath, [cli, 'serve', image, '--listen', '127.0.0.1:0']), {
+      const t = tls ? psk(work) : undefined;
+      const tlsArgs = t ? ['--tls', 'require', '--tls-psk', t.pskFile as string] : [];
+      const child = spawn(...pinned(process.execPath, [cli, 'serve', image, '--listen', '127.0.0.1:0', ...tlsArgs]), {
         stdio: ['ignore', 'ignore', 'pipe'],
         env: { ...process.env, NETDISK_LOG_FORMAT: 'json', NETDISK_LOG_LEVEL: 'info' },
       });
@@ -103,23 +119,28 @@ function netdisk(name: string, root: string): ServerKind {
         child.stderr?.on('data', onData);
         child.once('exit', (code) => reject(new Error(`${name} exited (${code}) before listening: ${text}`)));
       });
-      return { port, exportName: '', stop: () => stopChild(child) };
+      return { port, exportName: '', ...(t ? { tls: t } : {}), stop: () => stopChild(child) };
     },
   };
 }
 
-const nbdkit: ServerKind = {
-  name: 'nbdkit',
-  version: () => firstLine(execFileSync('nbdkit', ['--version'], { encoding: 'utf8' })),
-  async start(image) {
-    const port = await freePort();
-    const child = spawn(...pinned('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), 'file', image]), {
-      stdio: ['ignore', 'ignore', 'inherit'],
-    });
-    await waitListening(port, child);
-    return { port, exportName: '', stop: () => stopChild(child) };
-  },
-};
+function nbdkitKind(tls: boolean): ServerKind {
+  return {
+    name: tls ? 'nbdkit-tls' : 'nbdkit',
+    version: () => firstLine(execFileSync('nbdkit', ['--version'], { encoding: 'utf8' })),
+    async start(image, work) {
+      const port = await freePort();
+      const t = tls ? psk(work) : undefined;
+      const tlsArgs = t ? ['--tls=require', `--tls-psk=${t.pskFile as string}`] : [];
+      const child = spawn(...pinned('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), ...tlsArgs, 'file', image]), {
+        stdio: ['ignore', 'ignore', 'inherit'],
+      });
+      await waitListening(port, child);
+      return { port, exportName: '', ...(t ? { tls: t } : {}), stop: () => stopChild(child) };
+    },
+  };
+}
+const nbdkit = nbdkitKind(false);
 
 const nbdServer: ServerKind = {
   name: 'nbd-server',
@@ -174,11 +195,13 @@ function pinned(file: string, args: string[]): [string, string[]] {
 }
 
 const SERVERS: ServerKind[] = [netdisk('ours', packageRoot()), nbdkit, nbdServer];
+// Chosen by name only (--servers): the clear-text servers are the default comparison.
+const TLS_SERVERS: ServerKind[] = [netdisk('ours-tls', packageRoot(), true), nbdkitKind(true)];
 
 // ---- one case against one server ----
 
 async function runCase(ep: Endpoint, c: Case, imageBytes: number, warmupMs: number, measureMs: number): Promise<Result> {
-  const client = await NbdClient.connect({ host: '127.0.0.1', port: ep.port, exportName: ep.exportName });
+  const client = await NbdClient.connect({ host: '127.0.0.1', port: ep.port, exportName: ep.exportName, tls: ep.tls ?? null });
   try {
     return await drive(client, c, imageBytes, warmupMs, measureMs);
   } finally {
@@ -288,7 +311,7 @@ async function main(): Promise<void> {
   const warmup = Number(values.warmup);
   const rounds = Number(values.rounds);
   const imageBytes = parseSize(values.size as string);
-  const known = values.baseline ? [...SERVERS, netdisk('baseline', path.resolve(values.baseline))] : SERVERS;
+  const known = [...SERVERS, ...TLS_SERVERS, ...(values.baseline ? [netdisk('baseline', path.resolve(values.baseline))] : [])];
   const servers = pick(known, values.baseline ? `${values.servers as string},baseline` : (values.servers as string), 'server');
   const cases = pick(CASES, values.cases as string, 'case');
   const date = new Date().toISOString().slice(0, 10);
