@@ -60,7 +60,7 @@ pkgs=(
   build-essential python3 liburing-dev pkg-config
   nbdkit nbd-server nbd-client libnbd-bin python3-libnbd qemu-utils fio
   dosfstools mtools e2fsprogs util-linux
-  gnutls-bin openssl
+  gnutls-bin openssl strace
   qemu-system-x86 busybox-static xz-utils cpio kmod iproute2
 )
 

@@ -149,19 +149,28 @@ export class ServerConnection {
     sock.on('end', this.onEnd);
   }
 
-  /** Server shutdown: no new requests, in-flight ones finish and are answered, then close. */
+  /** Server shutdown: in-flight requests finish and are answered, new ones refused, then close. */
   shutdown(): Promise<void> {
     this.draining = true;
-    if (this.exp === undefined || this.state === State.Closing) {
+    if (this.state === State.OptionHeader || this.state === State.OptionData) {
+      // proto.md "Termination of the session during option haggling": a server being shut
+      // down SHOULD error further options with NBD_REP_ERR_SHUTDOWN (handleOption), and the
+      // client then aborts; one that does not is closed after the linger.
+      setTimeout(() => this.sock.destroy(), SHUTDOWN_LINGER_MS).unref();
+    } else if (this.exp === undefined || this.state === State.Closing) {
       this.sock.destroy();
     } else {
-      this.sock.pause();
-      this.paused = true;
-      this.blocked = false;
-      this.state = State.Closing;
-      this.endWhenIdle();
+      // proto.md "Terminating the transmission phase": requests in flight are answered,
+      // those received meanwhile get NBD_ESHUTDOWN (dispatch), then the server closes.
+      this.closeIfDrained();
     }
     return this.closed;
+  }
+
+  private closeIfDrained(): void {
+    if (!this.draining || this.inFlight !== 0 || this.state === State.Closing) return;
+    this.state = State.Closing;
+    this.endWhenIdle();
   }
 
   private pump(): void {
@@ -254,6 +263,11 @@ export class ServerConnection {
 
   private handleOption(option: number, data: Buffer): void {
     this.state = State.OptionHeader;
+    if (this.draining && option !== C.Opt.ABORT) {
+      // EXPORT_NAME has no error reply: the session ends.
+      if (option === C.Opt.EXPORT_NAME) return this.fail('EXPORT_NAME while shutting down', 'info');
+      return this.reply(option, C.REP_ERR_SHUTDOWN, 'the server is shutting down');
+    }
     if (this.opts.tls?.mode === 'require' && !this.secure && option !== C.Opt.STARTTLS && option !== C.Opt.ABORT) {
       // proto.md "FORCEDTLS mode": every other option is refused until TLS is on, except
       // EXPORT_NAME, which has no error reply: the session ends.
@@ -450,6 +464,7 @@ export class ServerConnection {
       this.release(cost);
     }
     if (this.state === State.Closing) this.endWhenIdle();
+    else this.closeIfDrained();
   }
 
   private sendError(h: codec.RequestHeader, errno: number, cost: number): void {
