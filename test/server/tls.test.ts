@@ -200,6 +200,17 @@ describe('server: TLS', function () {
       assert.strictEqual((await nbdinfoJson(`nbds://alice@localhost:${srv.port}/disk?tls-psk-file=${psk}`)).TLS, true);
     });
 
+    it('a client that stalls in the TLS handshake is closed by --handshake-timeout', async function () {
+      const srv = await serveImage(cleanup, path.join(dir, 'r7.img'), { size: '1M', name: 'disk', args: [...withPsk(), '--handshake-timeout', '1'] });
+      const c = await RawConn.connect(srv.port);
+      await c.greeting();
+      c.write(u32(3));
+      c.write(option(OPT.STARTTLS));
+      assert.strictEqual((await c.optionReply()).type, REP.ACK);
+      // No ClientHello follows: the connection must not be held open for ever.
+      assert.strictEqual((await c.untilClosed()).length, 0);
+    });
+
     it('STARTTLS with data is invalid; a second STARTTLS inside TLS is invalid; then GO works', async function () {
       const srv = await serveImage(cleanup, path.join(dir, 'r5.img'), { size: '5M', name: 'disk', args: x509() });
       const c = await RawConn.connect(srv.port);
