@@ -5,11 +5,12 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { createLogger } from '../log';
+import { createLogger, type Logger } from '../log';
 import { DaemonError, DeviceDaemon, checkHost, type DaemonOptions, type ReadyInfo } from '../device/daemon';
 import { readRecord, runDir, writeRecord } from '../device/state';
 import { detailOf } from '../errno';
 import { formatSize } from '../size';
+import { SystemdNotifier } from '../systemd';
 import { CliError } from './errors';
 
 type Report = { ok: true; info: ReadyInfo } | { ok: false; message: string; code?: string; errno?: number };
@@ -42,7 +43,12 @@ export async function runForeground(
   } catch {
     // not root, or not Linux: not fatal
   }
-  const daemon = new DeviceDaemon({ ...settings, log, ...(logFile ? { logFile } : {}) });
+  // Under systemd (Type=notify) the foreground daemon is the service: READY=1 once the device
+  // is live. A detached daemon reports on its pipe instead (spawnDaemon drops NOTIFY_SOCKET).
+  const systemd = new SystemdNotifier(log);
+  const daemon = new DeviceDaemon({
+    ...settings, log, ...(logFile ? { logFile } : {}), onLinkChange: (text) => systemd.status(text),
+  });
   let info: ReadyInfo;
   try {
     info = await bringUp(daemon);
@@ -72,6 +78,8 @@ export async function runForeground(
   } else {
     printReady(info, json);
   }
+  await deviceNode(info.device, log);
+  systemd.ready(`${info.device} is live (${formatSize(info.size)} from ${info.remote})`);
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string): void => {
       log.info({ signal: sig }, 'stopping the device');
@@ -84,6 +92,7 @@ export async function runForeground(
     process.on('SIGHUP', () => log.info('SIGHUP ignored'));
     void daemon.done.then(resolve);
   });
+  systemd.stopping(`stopping ${info.device}: in-flight requests finish, then the device is deleted`);
   await daemon.stop();
   log.info('exiting');
   return daemon.exitCode;
@@ -105,7 +114,7 @@ export async function spawnDaemon(command: string, argv: string[], json: boolean
   const child = spawn(process.execPath, [...process.execArgv, script, command, ...argv], {
     detached: true,
     stdio: ['ignore', 'ignore', logFd, 'pipe'],
-    env: { ...process.env, NETDISK_READY_FD: '3', NETDISK_LOG_FILE: logFile, NETDISK_LOG_FORMAT: 'json' },
+    env: { ...withoutNotifySocket(process.env), NETDISK_READY_FD: '3', NETDISK_LOG_FILE: logFile, NETDISK_LOG_FORMAT: 'json' },
   });
   fs.closeSync(logFd);
   const pipe = child.stdio[3] as NodeJS.ReadableStream;
@@ -139,4 +148,20 @@ export async function spawnDaemon(command: string, argv: string[], json: boolean
     throw new CliError(`${command}: ${r.message}`, code && code > 0 ? code : 1, { code: r.code, errno: r.errno });
   }
   throw new CliError(`${command}: the daemon exited (code ${code}) before the device was live; see ${logFile}`);
+}
+
+/** The detached daemon is not the service `add` may run in: systemd must hear from `add` alone. */
+function withoutNotifySocket(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { NOTIFY_SOCKET: _, ...rest } = env;
+  return rest;
+}
+
+/**
+ * START_DEV returns once the kernel added the disk, and devtmpfs makes its node before
+ * that; udev (where /dev is not devtmpfs) may come later. A unit that mounts the device is
+ * started on READY=1, so wait for the node to be there (a bound: never forever).
+ */
+async function deviceNode(device: string, log: Logger): Promise<void> {
+  for (let i = 0; i < 100 && !fs.existsSync(device); i++) await new Promise((r) => setTimeout(r, 100));
+  if (!fs.existsSync(device)) log.warn({ device }, 'the device node has not appeared: telling systemd it is ready anyway');
 }

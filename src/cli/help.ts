@@ -8,7 +8,7 @@ import { packageRoot } from '../native/load';
 export const EXIT_CODES = `exit codes:
   0  done (for serve and add --foreground: stopped by SIGINT/SIGTERM after a clean shutdown)
   1  the operation failed (the message says why); a daemon whose queue died
-  2  usage: an unknown command or option, a missing or malformed argument`;
+  2  usage: an unknown command or option, a missing or malformed argument or devices-file line`;
 
 /** A command's --help: its usage, one example, the exit codes. */
 export function helpText(usage: string, example: string): string {

@@ -1,12 +1,13 @@
 // netdisk-ublk serve IMAGE [--listen HOST:PORT|unix:PATH|URI] [--tls off|on|require] [--size SIZE] [--name EXPORT] [--read-only]
 //                      [--max-connections N] [--handshake-timeout S]
 import { createLogger } from '../log';
+import { SystemdNotifier } from '../systemd';
 import { FileStore, FileStoreError } from '../server/file-store';
 import { NbdServer } from '../server/server';
 import { SERVER_DEFAULTS } from '../server/settings';
 import { loadServerTls, ServerTls } from '../server/tls';
 import { NbdError } from '../nbd/errors';
-import { parseSize } from '../size';
+import { formatSize, parseSize } from '../size';
 import { parse, parseIntArg } from './args';
 import { planListen } from './serve-listen';
 import { CliError, UsageError } from './errors';
@@ -64,6 +65,8 @@ export async function serve(argv: string[]): Promise<number> {
     }
   }
   const log = createLogger('netdisk-serve');
+  // Type=notify: READY=1 once the socket listens (netdisk-ublk-serve@.service).
+  const systemd = new SystemdNotifier(log);
   let tls: ServerTls | undefined;
   try {
     if (plan.tls !== 'off') tls = loadServerTls(plan.tls, plan.files, log);
@@ -91,9 +94,11 @@ export async function serve(argv: string[]): Promise<number> {
     throw new CliError(`serve: cannot listen on ${what}: ${e.code ?? e.message}${e.code === 'EADDRINUSE' && 'path' in where ? ' (a server is running there)' : ''}`);
   }
   log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, io: store.engine, listen: server.addressText(), tls: plan.tls }, 'serving');
+  systemd.ready(`serving ${image} (${formatSize(store.size)}) as export "${exportName}" on ${server.addressText()}`);
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
       log.info({ signal: sig, connections: server.connections }, 'shutting down');
+      systemd.stopping(`shutting down: ${server.connections} connections finish their requests`);
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       resolve();

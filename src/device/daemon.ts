@@ -28,6 +28,8 @@ export interface DaemonOptions {
   id?: number;
   log: Logger;
   logFile?: string;
+  /** A queue's connection to the store was lost, came back or gave up (for systemd's STATUS=). */
+  onLinkChange?: (text: string) => void;
 }
 
 export interface ReadyInfo {
@@ -295,6 +297,9 @@ export class DeviceDaemon {
     const worker = new Worker(path.join(__dirname, 'queue-worker.js'), { workerData: data });
     const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
     worker.on('error', (err) => this.log.error({ err, q: data.qid }, 'queue worker crashed'));
+    worker.on('message', (m: QueueWorkerMessage) => {
+      if (m.type === 'link') this.opts.onLinkChange?.(m.text);
+    });
     return { worker, exited };
   }
 }

@@ -24,6 +24,8 @@ export type QueueWorkerCommand = { type: 'shutdown' };
 
 export type QueueWorkerMessage =
   | { type: 'started' }
+  /** The queue's connection to the store changed state (rare: never per request). */
+  | { type: 'link'; text: string }
   | { type: 'failed'; message: string }
   | { type: 'stopped' };
 
@@ -43,16 +45,22 @@ async function main(): Promise<void> {
     post({ type: 'failed', message: (err as Error).message });
     return;
   }
-  client.on('disconnect', (e: { reason: string; pending: number }) =>
-    log.warn({ reason: e.reason, pending: e.pending }, 'connection to the store lost: reconnecting, requests wait'));
+  client.on('disconnect', (e: { reason: string; pending: number }) => {
+    log.warn({ reason: e.reason, pending: e.pending }, 'connection to the store lost: reconnecting, requests wait');
+    post({ type: 'link', text: `queue ${d.qid}: connection to the store lost (${e.reason}); reconnecting, ${e.pending} requests wait` });
+  });
   client.on('retry', (e: { attempt: number; error: string; delayMs: number }) =>
     log.info({ attempt: e.attempt, err: e.error, retryInMs: e.delayMs }, 'reconnect attempt failed'));
   client.on('mismatch', (e: { reason: string }) =>
     log.error({ reason: e.reason }, 'the store now serves a different export: not using it'));
-  client.on('reconnect', (e: { downMs: number; attempts: number; resent: number }) =>
-    log.warn({ downMs: e.downMs, attempts: e.attempts, resent: e.resent }, 'reconnected to the store'));
-  client.on('give-up', (e: { reason: string; pending: number }) =>
-    log.error({ reason: e.reason, failed: e.pending }, 'store unreachable: requests now fail with EIO (still reconnecting)'));
+  client.on('reconnect', (e: { downMs: number; attempts: number; resent: number }) => {
+    log.warn({ downMs: e.downMs, attempts: e.attempts, resent: e.resent }, 'reconnected to the store');
+    post({ type: 'link', text: `queue ${d.qid}: reconnected after ${(e.downMs / 1000).toFixed(1)} s, ${e.resent} requests resent` });
+  });
+  client.on('give-up', (e: { reason: string; pending: number }) => {
+    log.error({ reason: e.reason, failed: e.pending }, 'store unreachable: requests now fail with EIO (still reconnecting)');
+    post({ type: 'link', text: `queue ${d.qid}: store unreachable (${e.reason}); requests fail with EIO, still reconnecting` });
+  });
   const onCommand = (m: QueueWorkerCommand): void => {
     if (m.type === 'shutdown') client.shutdown();
   };

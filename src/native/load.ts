@@ -6,6 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type { FileOpsNative } from './fileops.d';
+import type { SdNotifyNative } from './sdnotify.d';
 import type { UblkNative } from './ublk.d';
 
 /** How both addons report a failed system call (addon/errors.h). */
@@ -84,9 +85,15 @@ export function loadFileOps(): FileOpsNative {
   return loadAddon<FileOpsNative>('fileops');
 }
 
+/** The sdnotify addon: one datagram to systemd's notification socket (src/systemd.ts). */
+export function loadSdNotify(): SdNotifyNative {
+  return loadAddon<SdNotifyNative>('sdnotify');
+}
+
 function firstLine(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split('\n')[0] ?? '';
 }
 
 export type { FileOpsNative, NativeFileRing } from './fileops.d';
+export type { SdNotifyNative } from './sdnotify.d';
 export type { NativeQueue, NativeQueueConstructor, NativeQueueOptions, UblkNative } from './ublk.d';
