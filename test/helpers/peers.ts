@@ -136,7 +136,8 @@ process.on('exit', () => {
  * daemonizes (its -d mode serves one client, then exits), so it is found through its
  * pid file and killed with its per-connection children (same process group).
  */
-export async function startNbdServer(cleanup: Cleanup, dir: string, image: string, opts: { name?: string; readOnly?: boolean } = {}): Promise<Peer> {
+export async function startNbdServer(cleanup: Cleanup, dir: string, image: string,
+  opts: { name?: string; readOnly?: boolean; generic?: string[] } = {}): Promise<Peer> {
   const bin = requirePeer('nbd-server');
   const name = opts.name ?? 'disk';
   let last: unknown;
@@ -149,6 +150,7 @@ export async function startNbdServer(cleanup: Cleanup, dir: string, image: strin
       `    port = ${port}`,
       `    listenaddr = ${HOST}`,
       '    allowlist = true',
+      ...(opts.generic ?? []).map((l) => `    ${l}`),
       `[${name}]`,
       `    exportname = ${image}`,
       '    flush = true',

@@ -12,7 +12,7 @@ import { ReconnectingClient } from '../../src/nbd/reconnecting-client';
 import { FaultProxy } from '../helpers/fault-proxy';
 import { cleanupAfterAll, cleanupAfterEach } from '../helpers/procs';
 import { makeImage, MiB, tempDir } from '../helpers/images';
-import { requirePeer, startNbdkit, startQemuNbd } from '../helpers/peers';
+import { requirePeer, startNbdServer, startNbdkit, startQemuNbd } from '../helpers/peers';
 import { serveImage } from '../helpers/serve';
 import { makeTlsMaterial, Pki } from '../helpers/tls';
 
@@ -111,6 +111,20 @@ describe('nbd client: TLS', function () {
     await c.close();
     // Without a client certificate, qemu-nbd (verify-peer=on) ends the handshake.
     await refused(`nbds://localhost:${q.port}/q?tls-certificates=${pki.caOnlyDir}`, /TLS|closed/);
+  });
+
+  it('nbd-server with force_tls (it asks for our client certificate)', async function () {
+    const image = makeImage(dir, 'ns.img', 4 * MiB);
+    const srv = await startNbdServer(cleanup, dir, image, {
+      name: 'ns',
+      generic: [`certfile = ${pki.serverDir}/server-cert.pem`, `keyfile = ${pki.serverDir}/server-key.pem`,
+        `cacertfile = ${pki.serverDir}/ca-cert.pem`, 'force_tls = true'],
+    });
+    await refused(`nbd://127.0.0.1:${srv.port}/ns`, /requires TLS: use an nbds:\/\/ URI/);
+    const c = await connect(`nbds://localhost:${srv.port}/ns?tls-certificates=${pki.clientDir}`);
+    assert.strictEqual(c.size, 4 * MiB);
+    await roundTrip(c);
+    await c.close();
   });
 
   it('a server without TLS: a clear error, and nothing but STARTTLS crossed', async function () {
