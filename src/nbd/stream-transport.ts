@@ -119,10 +119,13 @@ export class StreamTransport implements NbdTransport {
   abort(): void {
     this.stop();
     const { sock, raw } = this;
-    if (sock !== raw) sock.destroy(); // TLS: the reset goes on the socket under it
-    if (raw.destroyed) return;
-    if (raw.connecting || raw.remoteAddress === undefined) raw.destroy(); // nothing sent yet, or a unix socket (no reset there)
-    else raw.resetAndDestroy();
+    // Under TLS the reset goes on the socket beneath, before the TLS socket's destroy could
+    // end it with a FIN.
+    if (!raw.destroyed) {
+      if (raw.connecting || raw.remoteAddress === undefined) raw.destroy(); // nothing sent yet, or a unix socket (no reset there)
+      else raw.resetAndDestroy();
+    }
+    if (sock !== raw) sock.destroy();
   }
 
   /**

@@ -160,6 +160,15 @@ describe('nbd client: TLS', function () {
     assert.ok(up.length > marker.length, 'the data did not go through the proxy');
   });
 
+  it('a connection given up over TLS ends with a reset, not a FIN (queued writes are dropped)', async function () {
+    const image = makeImage(dir, 'rst.img', MiB);
+    const srv = await serveImage(cleanup, image, { name: 'd', args: ['--tls', 'require', '--tls-psk', psk], env: { NETDISK_LOG_LEVEL: 'debug' } });
+    const c = await connect(`nbds://alice@127.0.0.1:${srv.port}/d?tls-psk-file=${psk}`);
+    c.destroy();
+    for (let i = 0; i < 200 && !/ECONNRESET/.test(srv.child.stderr()); i++) await new Promise((r) => setTimeout(r, 25));
+    assert.match(srv.child.stderr(), /ECONNRESET/, 'the server saw no reset');
+  });
+
   it('our server over nbds+unix://, and a reconnect makes a fresh TLS handshake', async function () {
     const sock = path.join(dir, 'srv.sock');
     const image = makeImage(dir, 'srv.img', 4 * MiB);
