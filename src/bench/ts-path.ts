@@ -41,6 +41,7 @@ class FakeKernelQueue implements NativeQueue {
   readonly descs: Buffer;
   private readonly desc32: Uint32Array;
   private onRequests: ((n: number) => void) | undefined;
+  private onStopped: (() => void) | undefined;
   private ready: Uint16Array | undefined;
   private readonly pending: Uint16Array;
   private nPending = 0;
@@ -58,8 +59,9 @@ class FakeKernelQueue implements NativeQueue {
     this.desc32 = new Uint32Array(this.descs.buffer, this.descs.byteOffset, (depth * IO_DESC_SIZE) / 4);
   }
 
-  start(onRequests: (count: number) => void, readyTags: Uint16Array): void {
+  start(onRequests: (count: number) => void, readyTags: Uint16Array, onStopped: () => void): void {
     this.onRequests = onRequests;
+    this.onStopped = onStopped;
     this.ready = readyTags;
     for (let t = 0; t < this.c.depth; t++) this.pending[this.nPending++] = t;
     this.schedule();
@@ -74,6 +76,11 @@ class FakeKernelQueue implements NativeQueue {
   }
 
   close(): void {}
+
+  /** As the kernel does once the device stops: every tag is aborted. */
+  stop(): void {
+    this.onStopped?.();
+  }
 
   private schedule(): void {
     if (this.scheduled) return;
@@ -148,7 +155,8 @@ export async function measureTsPath(host: string, port: number, c: TsPathCase, s
   }
   f.stopAt = f.completed;
   while (client.pending > 0) await sleep(5);
-  svc.close();
+  f.stop();
+  await svc.stopped;
   await client.close();
   perSlice.sort((a, b) => a.cpuUs / a.n - b.cpuUs / b.n);
   const mid = perSlice[perSlice.length >> 1] as { n: number; secs: number; cpuUs: number };

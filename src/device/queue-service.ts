@@ -48,10 +48,6 @@ export class QueueService {
     });
   }
 
-  close(): void {
-    this.q.close();
-  }
-
   private request(tag: number): void {
     const q = this.q;
     const op = q.op(tag);

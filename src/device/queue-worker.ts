@@ -26,8 +26,7 @@ export type QueueWorkerMessage =
   | { type: 'started' }
   /** The queue's connection to the store changed state (rare: never per request). */
   | { type: 'link'; text: string }
-  | { type: 'failed'; message: string }
-  | { type: 'stopped' };
+  | { type: 'failed'; message: string };
 
 const d = workerData as QueueWorkerData;
 if (parentPort === null) throw new Error('queue-worker must run in a worker thread');
@@ -81,7 +80,6 @@ async function main(): Promise<void> {
   await Promise.race([client.close(), new Promise((r) => { grace = setTimeout(r, 5000); })]);
   clearTimeout(grace);
   port.off('message', onCommand);
-  post({ type: 'stopped' });
 }
 
 main().catch((err: unknown) => {

@@ -139,11 +139,6 @@ export class UblkCtrl {
     await this.command('DEL_DEV', devId, 0n);
   }
 
-  /** DEL_DEV_ASYNC (Linux >= 6.9): like delDev, without waiting for the release. */
-  async delDevAsync(devId: number): Promise<void> {
-    await this.command('DEL_DEV_ASYNC', devId, 0n);
-  }
-
   async getDevInfo(devId: number): Promise<DevInfo> {
     const buf = Buffer.alloc(DEV_INFO_SIZE);
     await this.command('GET_DEV_INFO', devId, 0n, buf);

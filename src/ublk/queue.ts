@@ -131,10 +131,6 @@ export class UblkQueue {
 
   // --- request descriptor, by tag (valid between request(tag) and complete(tag)) ---
 
-  /** op_flags as the kernel wrote it. */
-  opFlags(tag: number): number {
-    return this.desc[tag * 6] ?? 0;
-  }
   /** UBLK_IO_OP_* */
   op(tag: number): number {
     return (this.desc[tag * 6] ?? 0) & 0xff;

@@ -9,7 +9,7 @@ import { UBLK_CONTROL_PATH } from '../../src/ublk/constants';
 import { ublkAvailable } from '../../src/ublk/ctrl';
 import * as assert from 'assert';
 import { spawn, SpawnOptions } from 'child_process';
-import { createHash, randomBytes } from 'crypto';
+import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
@@ -17,13 +17,12 @@ import * as path from 'path';
 import type { ReadyInfo } from '../../src/device/daemon';
 import type { DeviceView } from '../../src/device/inventory';
 import { pidAlive } from '../../src/device/state';
-import { readAt } from '../helpers/images';
+import { MiB, allocatedBytes, dataExtents, isAllocated, isHole, readAt, sha256 } from '../helpers/images';
 import { HOST, freePort } from '../helpers/net';
 import { repoRoot } from '../helpers/vm';
 
-export { HOST, freePort, pidAlive, readAt };
+export { HOST, MiB, allocatedBytes, dataExtents, freePort, isAllocated, isHole, pidAlive, readAt, sha256 };
 
-export const MiB = 1024 * 1024;
 
 export const CLI = path.join(repoRoot(), 'bin', 'netdisk-ublk.js');
 export const RUN_DIR = '/run/netdisk-ublk';
@@ -168,10 +167,6 @@ export async function waitFor(what: string, cond: () => boolean | Promise<boolea
 
 // ---------------------------------------------------------------- files
 
-export function sha256(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
 export function writeAt(file: string, offset: number, data: Buffer): void {
   const fd = fs.openSync(file, 'r+');
   try {
@@ -186,46 +181,6 @@ export function randomFile(file: string, size: number): Buffer {
   const data = randomBytes(size);
   fs.writeFileSync(file, data);
   return data;
-}
-
-/** Bytes the filesystem allocated to a file (st_blocks counts 512-byte units). */
-export function allocatedBytes(file: string): number {
-  return fs.statSync(file).blocks * 512;
-}
-
-/** The file's data extents through lseek(SEEK_DATA/SEEK_HOLE), which only python exposes. */
-export async function dataExtents(file: string): Promise<Array<[number, number]>> {
-  const script = [
-    'import os, sys, json',
-    'fd = os.open(sys.argv[1], os.O_RDONLY)',
-    'end = os.fstat(fd).st_size',
-    'out, off = [], 0',
-    'while off < end:',
-    '    try:',
-    '        d = os.lseek(fd, off, os.SEEK_DATA)',
-    '    except OSError:',
-    '        break',
-    '    h = os.lseek(fd, d, os.SEEK_HOLE)',
-    '    out.append([d, h])',
-    '    off = h',
-    'print(json.dumps(out))',
-  ].join('\n');
-  const r = await ok('python3', ['-c', script, file], { timeoutMs: 30_000 });
-  return JSON.parse(r.stdout) as Array<[number, number]>;
-}
-
-/** True when no byte of [offset, offset+length) lies in a data extent. */
-export async function isHole(file: string, offset: number, length: number): Promise<boolean> {
-  return (await dataExtents(file)).every(([s, e]) => e <= offset || s >= offset + length);
-}
-
-/** True when every byte of [offset, offset+length) lies in a data extent. */
-export async function isData(file: string, offset: number, length: number): Promise<boolean> {
-  let pos = offset;
-  for (const [s, e] of await dataExtents(file)) {
-    if (s <= pos && e > pos) pos = e;
-  }
-  return pos >= offset + length;
 }
 
 /**
@@ -289,6 +244,20 @@ export async function assertKernelLogClean(tag: string, allow?: RegExp): Promise
   assert.deepStrictEqual(bad, [], 'the kernel log shows problems');
 }
 
+/**
+ * Runs fn with the kernel log bracketed as "errors expected here" (test/kernel.test.ts
+ * leaves those lines out of its check): a scenario that makes I/O fail on purpose makes
+ * the kernel say so.
+ */
+export async function expectingKernelErrors<T>(why: string, fn: () => Promise<T>): Promise<T> {
+  fs.writeFileSync('/dev/kmsg', `netdisk-test: expected errors begin: ${why}\n`);
+  try {
+    return await fn();
+  } finally {
+    fs.writeFileSync('/dev/kmsg', 'netdisk-test: expected errors end\n');
+  }
+}
+
 // ---------------------------------------------------------------- devices
 
 /**
@@ -306,7 +275,7 @@ export function privateRunDir(): () => { dir: string; env: NodeJS.ProcessEnv } {
 }
 
 /** A pino JSON log line of the server or a daemon. */
-export type LogLine = { level: number; msg: string; [k: string]: unknown };
+export type LogLine = { time: number; level: number; msg: string; [k: string]: unknown };
 
 /** What `add --json` and `recover --json` print. */
 export type DeviceInfo = ReadyInfo;
@@ -340,9 +309,22 @@ export function readRecord(id: number): { id: number; pid: number; [k: string]: 
   }
 }
 
+/** The daemon's JSON log lines ([] before it has a log); a line still being written is skipped. */
 export function daemonLog(id: number): LogLine[] {
-  const text = fs.readFileSync(path.join(RUN_DIR, `${id}.log`), 'utf8');
-  return text.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine);
+  let text = '';
+  try {
+    text = fs.readFileSync(path.join(RUN_DIR, `${id}.log`), 'utf8');
+  } catch {
+    return [];
+  }
+  return text.split('\n').flatMap((l) => {
+    if (!l.startsWith('{')) return [];
+    try {
+      return [JSON.parse(l) as LogLine];
+    } catch {
+      return [];
+    }
+  });
 }
 
 /** Nothing of ours is left: only ublk-control in /dev, `list` empty, no state records. */

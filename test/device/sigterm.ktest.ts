@@ -5,10 +5,9 @@ import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
 import {
-  CLI, HOST, RUN_DIR, assertKernelLogClean, assertNoDevices, daemonLog, deviceSuite, listDevices, markKernelLog, pidAlive,
+  CLI, HOST, RUN_DIR, assertKernelLogClean, assertNoDevices, daemonLog, expectingKernelErrors, deviceSuite, listDevices, markKernelLog, pidAlive,
   readRecord, start, waitFor,
 } from './helpers';
-import { expectingKernelErrors } from '../faults/helpers';
 
 // Bounds, not measurements: generous for the emulated CPU of the test VM, but below the
 // daemon's own 30 s fallback of terminating queue threads that do not end by themselves.

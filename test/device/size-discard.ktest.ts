@@ -6,7 +6,7 @@ import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import {
-  MiB, allocatedBytes, assertKernelLogClean, deviceSuite, isData, isHole, isZero, listDevices, markKernelLog, ok,
+  MiB, allocatedBytes, assertKernelLogClean, deviceSuite, isAllocated, isHole, isZero, listDevices, markKernelLog, ok,
   readAt, readDevice, run, writeAt, type DeviceEnv,
 } from './helpers';
 
@@ -83,7 +83,7 @@ describe('device: size and discard (real kernel)', function () {
       const s = await setup(e);
       const off = 4 * MiB;
       const len = 2 * MiB;
-      assert.ok(await isData(s.image, off, len));
+      assert.ok(await isAllocated(s.image, off, len));
       const allocated = allocatedBytes(s.image);
       await ok('blkdiscard', ['-o', String(off), '-l', String(len), s.device], { timeoutMs: 60_000 });
       assert.ok(await isHole(s.image, off, len), 'SEEK_HOLE finds the discarded range a hole');
@@ -118,7 +118,7 @@ describe('device: size and discard (real kernel)', function () {
       assert.strictEqual(r.code, 0, `blkdiscard -z failed: ${r.stderr}`);
       await assertZeroed(e, s, off, len);
       // NBD_CMD_FLAG_NO_HOLE: the server must leave the range provisioned.
-      assert.ok(await isData(s.image, off, len), 'the range stays allocated');
+      assert.ok(await isAllocated(s.image, off, len), 'the range stays allocated');
       // The kernel falls back to writing zero pages when WRITE_ZEROES fails, so the bytes
       // alone would not show a failed request: the server's log and the kernel's do.
       const problems = s.logs().filter((l) => l.level >= 40);

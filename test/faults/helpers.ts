@@ -11,10 +11,9 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  CLI, HOST, RUN_DIR, cli, cliOk, freePort, ok, run, sleep, start, ublkNodes, waitFor, type RunResult, type Running,
+  CLI, HOST, MiB, cli, cliOk, daemonLog, expectingKernelErrors, freePort, ok, run, sleep, start, ublkNodes, waitFor,
+  type RunResult, type Running,
 } from '../device/helpers';
-
-export const MiB = 1024 * 1024;
 
 // The workload every fault scenario shares (the CI tests and the reliability table alike).
 /** The store's size. */
@@ -44,22 +43,6 @@ export class Timeline {
 
   text(indent = '      '): string {
     return [...this.events].sort((a, b) => a.t - b.t).map((e) => `${indent}${this.at(e.t).padStart(8)}  ${e.what}`).join('\n');
-  }
-}
-
-// ---------------------------------------------------------------- kernel log
-
-/**
- * Runs fn with the kernel log bracketed as "errors expected here" (test/kernel.test.ts
- * leaves those lines out of its check): a scenario that makes I/O fail on purpose makes
- * the kernel say so.
- */
-export async function expectingKernelErrors<T>(why: string, fn: () => Promise<T>): Promise<T> {
-  fs.writeFileSync('/dev/kmsg', `netdisk-test: expected errors begin: ${why}\n`);
-  try {
-    return await fn();
-  } finally {
-    fs.writeFileSync('/dev/kmsg', 'netdisk-test: expected errors end\n');
   }
 }
 
@@ -285,30 +268,6 @@ export async function addDevice(port: number, extra: string[] = []): Promise<Dev
   return info;
 }
 
-export interface DaemonLogLine {
-  time: number;
-  level: number;
-  msg: string;
-  [k: string]: unknown;
-}
-
-export function daemonLog(id: number): DaemonLogLine[] {
-  let text = '';
-  try {
-    text = fs.readFileSync(path.join(RUN_DIR, `${id}.log`), 'utf8');
-  } catch {
-    return [];
-  }
-  return text.split('\n').flatMap((l) => {
-    if (!l.startsWith('{')) return [];
-    try {
-      return [JSON.parse(l) as DaemonLogLine];
-    } catch {
-      return [];
-    }
-  });
-}
-
 /** The daemon's log lines about the store's connection (all of them with `all`), for a timeline. */
 export function markDaemonLog(tl: Timeline, id: number, since = 0, all = false): void {
   for (const l of daemonLog(id)) {
@@ -391,7 +350,7 @@ export async function umountDelFsck(mnt: string, devId: number, image: string): 
   return fsck;
 }
 
-export { sleep };
+export { MiB, daemonLog, expectingKernelErrors, sleep };
 
 /** Reads a device range with one O_DIRECT dd request (offset and length multiples of 4 KiB). */
 export async function readDirect(dev: string, offset: number, length: number, scratch: string): Promise<{ data: Buffer; r: RunResult }> {
