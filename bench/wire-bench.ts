@@ -310,10 +310,10 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds);
   const warmup = Number(values.warmup);
   const rounds = Number(values.rounds);
-  const imageBytes = parseSize(values.size as string);
+  const imageBytes = parseSize(values.size);
   const known = [...SERVERS, ...TLS_SERVERS, ...(values.baseline ? [netdisk('baseline', path.resolve(values.baseline))] : [])];
-  const servers = pick(known, values.baseline ? `${values.servers as string},baseline` : (values.servers as string), 'server');
-  const cases = pick(CASES, values.cases as string, 'case');
+  const servers = pick(known, values.baseline ? `${values.servers},baseline` : values.servers, 'server');
+  const cases = pick(CASES, values.cases, 'case');
   const date = new Date().toISOString().slice(0, 10);
   const outFile = values['no-out'] ? null : values.out ?? path.join(packageRoot(), 'bench', 'results', `wire-${date}.md`);
 
@@ -326,7 +326,7 @@ async function main(): Promise<void> {
     serverCpus = n === 2 ? '1' : `1-${n - 1}`;
     execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
   }
-  const work = fs.mkdtempSync(path.join(values.dir as string, 'wire-bench-'));
+  const work = fs.mkdtempSync(path.join(values.dir, 'wire-bench-'));
   const image = path.join(work, 'image');
   const loadBefore = os.loadavg();
   fillImage(image, imageBytes);

@@ -14,6 +14,7 @@ export function createLogger(name: string, opts: { level?: string; format?: 'jso
   if (format === 'pretty') {
     // Loaded only here: pino-pretty is most of the modules a command would load, and daemons,
     // workers and commands whose stderr is not a terminal never use it.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
     const pretty = require('pino-pretty') as typeof import('pino-pretty');
     // Synchronous on purpose: a daemon that dies should not lose its last lines.
     const stream = pretty({ colorize: useColor(process.stderr), destination: 2, sync: true, ignore: 'pid,hostname' });

@@ -131,7 +131,7 @@ export async function measureTsPath(host: string, port: number, c: TsPathCase, s
     Queue: class {
       constructor(o: { depth: number; bufBytes: number }) {
         fake = new FakeKernelQueue(o.depth, o.bufBytes, c, client.info.size);
-        return fake as unknown as object;
+        return fake;
       }
     },
   } as unknown as UblkNative;

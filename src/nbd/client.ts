@@ -195,7 +195,7 @@ export class NbdClient extends EventEmitter implements TransportOwner {
         sock.destroy();
         // The handshake's own error says more than the socket event behind it (a refused
         // EXPORT_NAME is seen as a close, and rethrown naming the export).
-        reject(err instanceof NbdError ? err : failure ?? err);
+        reject(err instanceof NbdError ? err : failure ?? (err instanceof Error ? err : new Error(String(err))));
       });
     });
   }

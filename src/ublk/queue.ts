@@ -192,7 +192,7 @@ export class UblkQueue {
       // socket's read callback, a reply batch), so the batch is committed together.
       // A resolved promise's then() is cheaper than queueMicrotask(), which sets up an
       // async resource each time.
-      RESOLVED.then(this.flushBound, undefined);
+      void RESOLVED.then(this.flushBound, undefined);
     }
   }
 
@@ -240,8 +240,7 @@ export class UblkQueue {
       { name: 'Error', message: '', errno, code: '', syscall: tag < 0 ? 'poll io_uring' : 'io_uring_cmd' },
       { devId: this.devId, qid: this.qid },
     );
-    const h = this.handler?.error;
-    if (h !== undefined) h(err, tag);
+    if (this.handler?.error !== undefined) this.handler.error(err, tag);
     else throw err;
   }
 }

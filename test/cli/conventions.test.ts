@@ -58,7 +58,7 @@ describe('cli: conventions', function () {
       const text = r.stdout.toString();
       assert.match(text, new RegExp(`^usage: netdisk-ublk ${cmd}`));
       assert.match(text, new RegExp(`\\nexample:\\n  netdisk-ublk ${cmd} \\S`));
-      assert.match(text, /\nexit codes:\n  0 .*\n  1 .*\n  2 .*usage/);
+      assert.match(text, /\nexit codes:\n {2}0 .*\n {2}1 .*\n {2}2 .*usage/);
       const h = await cli(['help', cmd]);
       assert.strictEqual(h.code, 0);
       assert.strictEqual(h.stdout.toString(), text);

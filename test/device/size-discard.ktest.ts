@@ -64,7 +64,7 @@ describe('device: size and discard (real kernel)', function () {
       assert.ok(allocatedBytes(image) >= IMAGE_BYTES, 'the image starts fully allocated');
       const server = await e.serve(image);
       const dev = await e.add(server.port);
-      return { image, orig, device: dev.device, id: dev.id, logs: server.logs };
+      return { image, orig, device: dev.device, id: dev.id, logs: () => server.logs() };
     }
 
     /** The range reads zeros on the image and through the device; its neighbours are untouched. */

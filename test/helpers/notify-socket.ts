@@ -63,7 +63,7 @@ export async function notifySocket(cleanup: Cleanup, opts: { glob?: string; port
       await new Promise((r) => setTimeout(r, 50));
     }
   };
-  await wait('bind', () => lines().find((l) => l.bound) as Notification | undefined, 30_000);
+  await wait('bind', () => lines().find((l) => l.bound), 30_000);
   const received = (): Notification[] => lines().filter((l) => !l.bound);
   return {
     path: sock,

@@ -2,6 +2,7 @@
 // teardown or, as a last resort, when the test process itself exits. A hung peer must
 // never outlive the run or keep mocha from ending.
 import { ChildProcess, spawn, SpawnOptions } from 'child_process';
+import { inspect } from 'util';
 
 export interface Exit {
   code: number | null;
@@ -113,12 +114,12 @@ export class Cleanup {
   async run(): Promise<void> {
     const steps = this.steps.reverse();
     this.steps = [];
-    let first: unknown;
+    let first: Error | undefined;
     for (const s of steps) {
       try {
         await s();
       } catch (err) {
-        first ??= err;
+        first ??= err instanceof Error ? err : new Error(inspect(err));
       }
     }
     if (first !== undefined) throw first;

@@ -68,7 +68,7 @@ export async function serveImage(cleanup: Cleanup, image: string, opts: ServeOpt
   args.push(...(opts.args ?? []));
   const [cmd, ...pre] = [...(opts.wrap ?? []), process.execPath];
   const cli = opts.root === undefined ? cliPath() : path.join(opts.root, 'bin', 'netdisk-ublk.js');
-  const child = cleanup.child(spawnChild(cmd as string, [...pre, cli, ...args], {
+  const child = cleanup.child(spawnChild(cmd, [...pre, cli, ...args], {
     env: { ...process.env, NETDISK_LOG_FORMAT: 'json', ...opts.env },
   }));
   const serving = await new Promise<LogLine>((resolve, reject) => {

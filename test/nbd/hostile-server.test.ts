@@ -116,7 +116,7 @@ describe('client against a misbehaving server', function () {
       const results = await Promise.allSettled([c.read(0, 512, into), c.write(4096, Buffer.alloc(512)), c.flush()]);
       for (const r of results) {
         assert.strictEqual(r.status, 'rejected');
-        assert.ok(isProtoConnErr((r as PromiseRejectedResult).reason as NbdError), String((r as PromiseRejectedResult).reason));
+        assert.ok(isProtoConnErr(r.reason as NbdError), String(r.reason));
       }
       assert.match(((results[0] as PromiseRejectedResult).reason as Error).message, /unknown cookie/);
       assert.ok(into.equals(Buffer.alloc(512, 0xee)), 'data for a bad cookie landed in a caller buffer');
@@ -206,10 +206,10 @@ describe('client against a misbehaving server', function () {
       });
       const [bad, good, wr] = await Promise.allSettled([c.read(0, 512), c.read(512, 512), c.write(0, Buffer.alloc(8))]);
       assert.strictEqual(bad.status, 'rejected');
-      const e = (bad as PromiseRejectedResult).reason as NbdRequestError;
+      const e = bad.reason as NbdRequestError;
       assert.ok(e instanceof NbdRequestError && e.errno === 22 && /9999/.test(e.message), e.message);
       assert.strictEqual(good.status, 'fulfilled');
-      assert.ok((good as PromiseFulfilledResult<Buffer>).value.equals(dataAt(512, 512)));
+      assert.ok(good.value.equals(dataAt(512, 512)));
       assert.ok(wr.status === 'rejected' && (wr.reason as NbdRequestError).errno === 28);
       assert.strictEqual(c.closed, false);
       assert.ok((await c.read(4096, 100)).equals(dataAt(4096, 100)));

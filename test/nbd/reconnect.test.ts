@@ -243,7 +243,7 @@ describe('reconnecting client', function () {
 
   it('an errno outside the spec fails that request with EINVAL (the spec says so) and keeps the connection', async function () {
     const h = await setup(cleanup);
-    h.store.arm('bad-errno', (r) => r.type === CMD.READ);
+    void h.store.arm('bad-errno', (r) => r.type === CMD.READ);
     const err = await h.read(0, 4096).then(() => null, (e: unknown) => e);
     assert.ok(err instanceof NbdRequestError, `expected a request error, got ${String(err)}`);
     assert.strictEqual(err.errno, 22);
