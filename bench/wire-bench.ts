@@ -2,10 +2,10 @@
 // pre-filled image: ours (the CLI's `serve`), `nbdkit file` and `nbd-server`. It measures the
 // servers, so the client (ours, pipelined, preallocated buffers) is the same for all.
 //
-// Cases: 4 KiB random read and write at queue depth 1 and 32, 1 MiB sequential read and write
-// at queue depth 8. Each case runs for --seconds after a --warmup on a fresh connection; the
-// servers take turns case by case (the order rotates every round) and the whole set is repeated
-// --rounds times. Reported: the median over rounds of IOPS, MB/s and latency percentiles.
+// Cases: the workloads every benchmark runs (src/bench/cases.ts): 4 KiB random read and write
+// at queue depth 1 and 32, 1 MiB sequential read and write at queue depth 8. Each case runs
+// for --seconds after a --warmup on a fresh connection; the servers take turns case by case
+// (the order rotates every round) and the whole set is repeated --rounds times. Reported: the median over rounds of IOPS, MB/s and latency percentiles.
 //
 //   npm run bench:wire -- [--seconds 5] [--warmup 1] [--rounds 3] [--size 256M] [--dir /tmp]
 //                         [--servers ours,nbdkit,nbd-server] [--cases randread-4k-qd1,...] [--out FILE | --no-out]
@@ -13,14 +13,15 @@
 //                         [--pin]            (client on CPU 0, servers on the other CPUs)
 //                         --servers ours-tls,nbdkit-tls: the same servers requiring TLS (PSK), the
 //                         client connecting as for nbds:// (what TLS costs on the wire)
-import { ChildProcess, execFileSync, spawn } from 'child_process';
+import { spawn } from 'child_process';
 import { randomBytes, randomFillSync } from 'crypto';
 import * as fs from 'fs';
-import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
 import { parseArgs } from 'util';
+import { CASES, findCases, isRandom, isWrite, type BenchCase } from '../src/bench/cases';
+import { freePort, run, runOk, sleep, stopChild, versionOf, waitForPort } from '../src/bench/procs';
 import * as C from '../src/nbd/constants';
 import { NbdClient } from '../src/nbd/client';
 import { NbdError } from '../src/nbd/errors';
@@ -28,23 +29,6 @@ import type { NbdTls } from '../src/nbd/uri';
 import { packageRoot } from '../src/native/load';
 import { parseSize } from '../src/size';
 import { pidAlive } from '../src/device/state';
-
-interface Case {
-  name: string;
-  write: boolean;
-  random: boolean;
-  blockBytes: number;
-  depth: number;
-}
-
-const CASES: Case[] = [
-  { name: 'randread-4k-qd1', write: false, random: true, blockBytes: 4096, depth: 1 },
-  { name: 'randread-4k-qd32', write: false, random: true, blockBytes: 4096, depth: 32 },
-  { name: 'randwrite-4k-qd1', write: true, random: true, blockBytes: 4096, depth: 1 },
-  { name: 'randwrite-4k-qd32', write: true, random: true, blockBytes: 4096, depth: 32 },
-  { name: 'seqread-1m-qd8', write: false, random: false, blockBytes: 1 << 20, depth: 8 },
-  { name: 'seqwrite-1m-qd8', write: true, random: false, blockBytes: 1 << 20, depth: 8 },
-];
 
 interface Endpoint {
   port: number;
@@ -64,7 +48,7 @@ function psk(work: string): NbdTls {
 
 interface ServerKind {
   name: string;
-  version(): string;
+  version(): Promise<string>;
   start(image: string, work: string): Promise<RunningServer>;
 }
 
@@ -85,12 +69,12 @@ interface Result {
 function netdisk(name: string, root: string, tls = false): ServerKind {
   return {
     name,
-    version: () => {
+    version: async () => {
       try {
-        const rev = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+        const rev = (await runOk('git', ['rev-parse', '--short', 'HEAD'], { cwd: root })).trim();
         // Only what the server runs counts as a modification.
-        const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src/server', 'src/nbd', 'src/cli', 'addon/fileops.cc', 'bin', 'binding.gyp'],
-          { cwd: root, encoding: 'utf8' }).trim();
+        const dirty = (await runOk('git', ['status', '--porcelain', '--', 'src/server', 'src/nbd', 'src/cli', 'addon/fileops.cc', 'bin', 'binding.gyp'],
+          { cwd: root })).trim();
         return `${name}: netdisk-ublk ${rev}${dirty ? ' (modified)' : ''}`;
       } catch {
         return `${name}: netdisk-ublk at ${root}`;
@@ -127,7 +111,7 @@ function netdisk(name: string, root: string, tls = false): ServerKind {
 function nbdkitKind(tls: boolean): ServerKind {
   return {
     name: tls ? 'nbdkit-tls' : 'nbdkit',
-    version: () => firstLine(execFileSync('nbdkit', ['--version'], { encoding: 'utf8' })),
+    version: () => versionOf('nbdkit', ['--version']),
     async start(image, work) {
       const port = await freePort();
       const t = tls ? psk(work) : undefined;
@@ -135,7 +119,7 @@ function nbdkitKind(tls: boolean): ServerKind {
       const child = spawn(...pinned('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), ...tlsArgs, 'file', image]), {
         stdio: ['ignore', 'ignore', 'inherit'],
       });
-      await waitListening(port, child);
+      await waitForPort('127.0.0.1', port, 5000, child);
       return { port, exportName: '', ...(t ? { tls: t } : {}), stop: () => stopChild(child) };
     },
   };
@@ -144,10 +128,11 @@ const nbdkit = nbdkitKind(false);
 
 const nbdServer: ServerKind = {
   name: 'nbd-server',
-  version: () => {
+  version: async () => {
     // nbd-server -V prints to stderr and exits non-zero on some versions.
-    const r = execFileSyncAll('nbd-server', ['-V']);
-    return firstLine(r.split('\n').find((l) => /version/i.test(l)) ?? r).replace(/^This is /, '');
+    const r = await run('nbd-server', ['-V']);
+    const text = r.stdout + r.stderr;
+    return (text.split('\n').find((l) => /version/i.test(l)) ?? text).trim().split('\n')[0]?.replace(/^This is /, '') ?? 'unknown';
   },
   async start(image, work) {
     const port = await freePort();
@@ -168,8 +153,8 @@ const nbdServer: ServerKind = {
       '',
     ].join('\n'));
     fs.rmSync(pidFile, { force: true });
-    execFileSync(...pinned('nbd-server', ['-C', conf, '-p', pidFile]), { stdio: ['ignore', 'ignore', 'inherit'] });
-    await waitListening(port, null);
+    await runOk(...pinned('nbd-server', ['-C', conf, '-p', pidFile]));
+    await waitForPort('127.0.0.1', port, 5000);
     const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
     return {
       port,
@@ -200,7 +185,7 @@ const TLS_SERVERS: ServerKind[] = [netdisk('ours-tls', packageRoot(), true), nbd
 
 // ---- one case against one server ----
 
-async function runCase(ep: Endpoint, c: Case, imageBytes: number, warmupMs: number, measureMs: number): Promise<Result> {
+async function runCase(ep: Endpoint, c: BenchCase, imageBytes: number, warmupMs: number, measureMs: number): Promise<Result> {
   const client = await NbdClient.connect({ host: '127.0.0.1', port: ep.port, exportName: ep.exportName, tls: ep.tls ?? null });
   try {
     return await drive(client, c, imageBytes, warmupMs, measureMs);
@@ -209,15 +194,16 @@ async function runCase(ep: Endpoint, c: Case, imageBytes: number, warmupMs: numb
   }
 }
 
-function drive(client: NbdClient, c: Case, imageBytes: number, warmupMs: number, measureMs: number): Promise<Result> {
+function drive(client: NbdClient, c: BenchCase, imageBytes: number, warmupMs: number, measureMs: number): Promise<Result> {
   const blocks = Math.floor(imageBytes / c.blockBytes);
-  const type = c.write ? C.Cmd.WRITE : C.Cmd.READ;
+  const write = isWrite(c);
+  const type = write ? C.Cmd.WRITE : C.Cmd.READ;
   // One buffer per slot, allocated before the clock starts; write data is random so the
   // servers cannot shortcut zeros.
   const bufs: Buffer[] = [];
   for (let i = 0; i < c.depth; i++) {
     const b = Buffer.allocUnsafe(c.blockBytes);
-    if (c.write) randomFillSync(b);
+    if (write) randomFillSync(b);
     bufs.push(b);
   }
   const started = new Float64Array(c.depth);
@@ -226,7 +212,7 @@ function drive(client: NbdClient, c: Case, imageBytes: number, warmupMs: number,
   let rng = 0x9e3779b9;
   let seq = 0;
   const nextOffset = (): number => {
-    if (!c.random) {
+    if (!isRandom(c)) {
       const off = seq * c.blockBytes;
       seq = (seq + 1) % blocks;
       return off;
@@ -250,7 +236,7 @@ function drive(client: NbdClient, c: Case, imageBytes: number, warmupMs: number,
       inFlight++;
       started[slot] = performance.now();
       const b = bufs[slot] as Buffer;
-      if (c.write) client.submit({ type, offset: nextOffset(), length: c.blockBytes, data: b }, slot, onDone);
+      if (write) client.submit({ type, offset: nextOffset(), length: c.blockBytes, data: b }, slot, onDone);
       else client.submit({ type, offset: nextOffset(), length: c.blockBytes, into: b }, slot, onDone);
     };
     const onDone = (err: NbdError | null, slot: number): void => {
@@ -300,7 +286,7 @@ async function main(): Promise<void> {
       size: { type: 'string', default: '256M' },
       dir: { type: 'string', default: os.tmpdir() },
       servers: { type: 'string', default: SERVERS.map((s) => s.name).join(',') },
-      cases: { type: 'string', default: CASES.map((c) => c.name).join(',') },
+      cases: { type: 'string', default: CASES.map((c) => c.id).join(',') },
       out: { type: 'string' },
       'no-out': { type: 'boolean', default: false },
       baseline: { type: 'string' },
@@ -313,7 +299,7 @@ async function main(): Promise<void> {
   const imageBytes = parseSize(values.size);
   const known = [...SERVERS, ...TLS_SERVERS, ...(values.baseline ? [netdisk('baseline', path.resolve(values.baseline))] : [])];
   const servers = pick(known, values.baseline ? `${values.servers},baseline` : values.servers, 'server');
-  const cases = pick(CASES, values.cases, 'case');
+  const cases = findCases(values.cases.split(',').filter(Boolean));
   const date = new Date().toISOString().slice(0, 10);
   const outFile = values['no-out'] ? null : values.out ?? path.join(packageRoot(), 'bench', 'results', `wire-${date}.md`);
 
@@ -324,7 +310,7 @@ async function main(): Promise<void> {
     const n = os.cpus().length;
     if (n < 2) throw new Error('--pin needs at least 2 CPUs');
     serverCpus = n === 2 ? '1' : `1-${n - 1}`;
-    execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
+    await runOk('taskset', ['-a', '-p', '-c', '0', String(process.pid)]);
   }
   const work = fs.mkdtempSync(path.join(values.dir, 'wire-bench-'));
   const image = path.join(work, 'image');
@@ -342,9 +328,9 @@ async function main(): Promise<void> {
         for (let k = 0; k < servers.length; k++) {
           const s = servers[(k + r) % servers.length] as ServerKind;
           const res = await runCase(running.get(s.name) as RunningServer, c, imageBytes, warmup * 1000, seconds * 1000);
-          const key = `${c.name}/${s.name}`;
+          const key = `${c.id}/${s.name}`;
           results.set(key, [...(results.get(key) ?? []), res]);
-          process.stderr.write(`round ${r + 1}/${rounds} ${c.name.padEnd(18)} ${s.name.padEnd(10)} ` +
+          process.stderr.write(`round ${r + 1}/${rounds} ${c.id.padEnd(18)} ${s.name.padEnd(10)} ` +
             `${fmt(res.iops, 0).padStart(8)} IOPS ${fmt(res.mbps, 1).padStart(8)} MB/s ` +
             `p50 ${fmt(res.p50, 1).padStart(7)} us p99 ${fmt(res.p99, 1).padStart(8)} us\n`);
         }
@@ -368,7 +354,7 @@ async function main(): Promise<void> {
       '',
       `Command: \`${command}\``,
       '',
-      `- ${servers.map((s) => s.version()).join('; ')}; node ${process.version}`,
+      `- ${(await Promise.all(servers.map((s) => s.version()))).join('; ')}; node ${process.version}`,
       `- kernel ${os.release()}, ${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? 'unknown'})`,
       `- load average (1/5/15 min) before ${loadBefore.map((l) => l.toFixed(2)).join(' ')}, after ${loadAfter.map((l) => l.toFixed(2)).join(' ')};` +
         ` 1-min at the start of each round ${loadPerRound.map((l) => l.toFixed(2)).join(', ')}`,
@@ -388,18 +374,18 @@ async function main(): Promise<void> {
   }
 }
 
-function renderTable(cases: Case[], servers: ServerKind[], results: Map<string, Result[]>): string {
+function renderTable(cases: BenchCase[], servers: ServerKind[], results: Map<string, Result[]>): string {
   const lines = [
     '| case | server | IOPS | MB/s | p50 us | p99 us | IOPS vs nbdkit | p50 vs nbdkit | IOPS per round | p50 us per round |',
     '|---|---|---:|---:|---:|---:|---:|---:|---|---|',
   ];
   for (const c of cases) {
-    const base = results.get(`${c.name}/nbdkit`);
+    const base = results.get(`${c.id}/nbdkit`);
     for (const s of servers) {
-      const rs = results.get(`${c.name}/${s.name}`) ?? [];
+      const rs = results.get(`${c.id}/${s.name}`) ?? [];
       const m = medians(rs);
       const b = base ? medians(base) : null;
-      lines.push(`| ${c.name} | ${s.name} | ${fmt(m.iops, 0)} | ${fmt(m.mbps, 1)} | ${fmt(m.p50, 1)} | ${fmt(m.p99, 1)} | ` +
+      lines.push(`| ${c.id} | ${s.name} | ${fmt(m.iops, 0)} | ${fmt(m.mbps, 1)} | ${fmt(m.p50, 1)} | ${fmt(m.p99, 1)} | ` +
         `${b ? (m.iops / b.iops).toFixed(2) + 'x' : '-'} | ${b ? (m.p50 / b.p50).toFixed(2) + 'x' : '-'} | ` +
         `${rs.map((r) => fmt(r.iops, 0)).join(', ')} | ${rs.map((r) => fmt(r.p50, 0)).join(', ')} |`);
     }
@@ -408,10 +394,10 @@ function renderTable(cases: Case[], servers: ServerKind[], results: Map<string, 
 }
 
 // The server's performance targets: QD32 random-read IOPS >= 0.8x nbdkit's, QD1 p50 <= 1.25x.
-function targetLines(cases: Case[], results: Map<string, Result[]>): string[] {
+function targetLines(cases: BenchCase[], results: Map<string, Result[]>): string[] {
   const get = (c: string, s: string): Result | null => {
     const rs = results.get(`${c}/${s}`);
-    return rs && cases.some((x) => x.name === c) ? medians(rs) : null;
+    return rs && cases.some((x) => x.id === c) ? medians(rs) : null;
   };
   const out: string[] = [];
   const q32 = get('randread-4k-qd32', 'ours');
@@ -462,61 +448,8 @@ function pick<T extends { name: string }>(all: T[], list: string, what: string):
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitListening(port: number, child: ChildProcess | null): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if (child && child.exitCode !== null) throw new Error(`server exited (${child.exitCode}) before listening on ${port}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(25);
-  }
-  throw new Error(`nothing listens on 127.0.0.1:${port}`);
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
-}
-
-function execFileSyncAll(file: string, args: string[]): string {
-  try {
-    return execFileSync(file, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (err) {
-    const e = err as { stdout?: string; stderr?: string };
-    return `${e.stdout ?? ''}${e.stderr ?? ''}`;
-  }
-}
-
-function firstLine(s: string): string {
-  return s.trim().split('\n')[0] ?? '';
-}
-
 function fmt(n: number, digits: number): string {
   return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 main().catch((err: unknown) => {

@@ -1,26 +1,18 @@
 #!/usr/bin/env bash
 # Where the CPU time of the TypeScript part of one 4 KiB QD1 read goes, natively: perf
-# samples the bench's stand-in for the kernel side driving QueueService, UblkQueue and the
-# NBD client against `nbdkit memory` on loopback, with V8's frames named (--perf-basic-prof).
+# samples bench/ts-path.ts (the fake kernel queue of test/helpers driving QueueService,
+# UblkQueue and the NBD client) against `nbdkit memory` on loopback, with V8's frames named
+# (--perf-basic-prof).
 # Prints the split by binary and the heaviest call paths, inclusive.
 #
-#   bench/profile/ts-native.sh [CASE] [SECONDS]   (default: "4 KiB random read, QD1", 2)
+#   bench/profile/ts-native.sh [CASE] [SECONDS]   (default: randread-4k-qd1, 2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-case=${1:-4 KiB random read, QD1}
+case=${1:-randread-4k-qd1}
 secs=${2:-2}
 data=$(mktemp /tmp/netdisk-ts-native.XXXXXX)
 trap 'rm -f "$data" /tmp/perf-*.map' EXIT
-perf record -q -g -F 4999 -o "$data" -- node --perf-basic-prof -e '
-  const t = require("./dist/src/bench/ts-path.js"), p = require("./dist/src/bench/procs.js");
-  (async () => {
-    const port = await p.freePort();
-    const kit = require("child_process").spawn("nbdkit", ["-f", "--exit-with-parent", "-p", String(port), "-i", "127.0.0.1", "memory", "256M"]);
-    await p.waitForPort("127.0.0.1", port, 10000, kit);
-    const r = await t.measureTsPath("127.0.0.1", port, t.TS_PATH_CASES.find((c) => c.name === process.argv[1]), Number(process.argv[2]), 5);
-    console.log(`${r.name}: ${r.iops.toFixed(0)} IOPS, ${r.cpuUsPerRequest.toFixed(1)} us of CPU per request`);
-    kit.kill();
-  })();' "$case" "$secs"
+perf record -q -g -F 4999 -o "$data" -- node --perf-basic-prof dist/bench/ts-path.js --cases "$case" --seconds "$secs" --slices 5
 echo
 echo "By binary (self time of the node process):"
 perf report -i "$data" --stdio --no-children --comm node --sort dso -g none 2>/dev/null | grep '%' | head -6

@@ -1,4 +1,5 @@
-// The workloads of `netdisk-ublk bench`, and which numbers each one reports.
+// The workloads every benchmark runs (the device bench, the wire bench, the TypeScript
+// path), and which numbers each one reports.
 
 export type Metric = 'p50' | 'p99' | 'p99.9' | 'iops' | 'mbps';
 
@@ -30,6 +31,14 @@ export const METRIC_LABEL: Record<Metric, string> = {
   iops: 'IOPS',
   mbps: 'MB/s',
 };
+
+export function isWrite(c: BenchCase): boolean {
+  return c.rw === 'randwrite' || c.rw === 'write';
+}
+
+export function isRandom(c: BenchCase): boolean {
+  return c.rw === 'randread' || c.rw === 'randwrite';
+}
 
 export function findCases(ids: string[]): BenchCase[] {
   return ids.map((id) => {

@@ -3,7 +3,6 @@ import type { Metric } from './cases';
 import type { ClientKind, QueueSettings } from './devices';
 import type { Sample } from './fio';
 import type { StoreKind } from './stores';
-import type { TsPathResult } from './ts-path';
 
 export interface DeviceInfo {
   command: string;
@@ -61,7 +60,26 @@ export interface BenchResults {
   settings: BenchSettings;
   stores: StoreRun[];
   /** The TypeScript part of the ublk path measured natively (CPU per request), when measured. */
-  tsPath?: { where: string; server: string; results: TsPathResult[] };
+  tsPath?: TsPathReport;
+}
+
+/** One workload of the TypeScript part of the ublk path, measured natively (bench/ts-path.ts). */
+export interface TsPathResult {
+  /** The case's title. */
+  name: string;
+  requests: number;
+  seconds: number;
+  iops: number;
+  /** CPU time (user + system) of the measuring process per request, in microseconds: median slice. */
+  cpuUsPerRequest: number;
+  /** The same, least loaded slice. */
+  minCpuUsPerRequest: number;
+}
+
+export interface TsPathReport {
+  where: string;
+  server: string;
+  results: TsPathResult[];
 }
 
 export type { Metric };

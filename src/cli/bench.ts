@@ -8,14 +8,14 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { spawn } from 'child_process';
-import { CASES, findCases } from '../bench/cases';
+import { CASES, findCases, type BenchCase } from '../bench/cases';
 import { renderChart } from '../bench/chart';
 import { renderMarkdown, renderTables, targetLines } from '../bench/report';
-import type { BenchResults, HostInfo } from '../bench/results';
+import type { UblkSettings } from '../bench/devices';
+import { runAttached, runOk } from '../bench/procs';
+import type { BenchResults, HostInfo, TsPathReport } from '../bench/results';
 import { missingPrerequisites, runBench, type Progress } from '../bench/run';
 import { STORE_TITLE, type StoreKind } from '../bench/stores';
-import { measureTsPathSuite, type TsPathReport } from '../bench/ts-path';
 import { packageRoot } from '../native/load';
 import { parseSize } from '../size';
 import { DEVICE_DEFAULTS } from '../device/config';
@@ -52,7 +52,47 @@ export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--se
 
 const VM_TIMEOUT_SEC = 3600;
 
+/** What one `bench` run does, from its arguments. */
+interface BenchPlan {
+  quick: boolean;
+  runs: number;
+  seconds: number;
+  ramp: number;
+  warmup: number;
+  stores: StoreKind[];
+  cases: BenchCase[];
+  ublk: UblkSettings;
+  nbdConnections: number;
+  nbdBlockSize: number;
+  sizeBytes: number;
+  dir: string;
+  outDir: string | undefined;
+  tsPath: boolean;
+  /** The command line, for the report. */
+  command: string;
+  stem: string;
+}
+
 export async function bench(argv: string[]): Promise<number> {
+  const plan = parseBenchArgs(argv);
+  if (plan === 'help') {
+    process.stdout.write(helpText(BENCH_USAGE, 'netdisk-ublk bench --quick --cases randread-4k-qd1,randwrite-4k-qd1'));
+    return 0;
+  }
+  const progress = process.stderr.isTTY ? new ProgressLine(process.stderr, plan.seconds + plan.ramp) : undefined;
+  const log = (m: string): void => {
+    progress?.clear();
+    process.stderr.write(m + '\n');
+  };
+  const missing = await missingPrerequisites();
+  if (missing !== null) {
+    if (process.env.NETDISK_IN_VM === '1' || ublkAvailable()) throw new CliError(`bench: ${missing}`);
+    return benchInVm(argv, { stem: plan.stem, outDir: plan.outDir, tsPath: plan.tsPath, quick: plan.quick, reason: missing, log });
+  }
+  return benchHere(plan, log, progress);
+}
+
+function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
   const { values, positionals } = parse(argv, {
     quick: { type: 'boolean' },
     runs: { type: 'string' },
@@ -75,18 +115,9 @@ export async function bench(argv: string[]): Promise<number> {
     stem: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   }, 'bench');
-  if (values.help) {
-    process.stdout.write(helpText(BENCH_USAGE, 'netdisk-ublk bench --quick --cases randread-4k-qd1,randwrite-4k-qd1'));
-    return 0;
-  }
+  if (values.help) return 'help';
   if (positionals.length > 0) throw new UsageError(`bench: unexpected argument "${positionals[0]}"\n${BENCH_USAGE}`);
   const quick = values.quick ?? false;
-  const runs = parseIntArg(values.runs, '--runs', 1, 100) ?? (quick ? 1 : 3);
-  const seconds = parseIntArg(values.seconds, '--seconds', 1, 3600) ?? (quick ? 3 : 8);
-  const ramp = parseIntArg(values.ramp, '--ramp', 0, 600) ?? 1;
-  // V8 needs ~25 s to compile the daemon's hot paths under the VM's emulated CPU (measured
-  // with the TS-path harness in the VM); natively a few seconds are plenty.
-  const warmup = parseIntArg(values.warmup, '--warmup', 0, 3600) ?? (process.env.NETDISK_IN_VM === '1' ? (quick ? 12 : 30) : 3);
   const stores = (values.stores ?? 'serve,nbdkit').split(',').map((s) => s.trim()).filter((s) => s !== '');
   for (const s of stores) if (!(s in STORE_TITLE)) throw new UsageError(`bench: unknown store "${s}" (serve, nbdkit)`);
   let cases;
@@ -96,7 +127,6 @@ export async function bench(argv: string[]): Promise<number> {
     throw new UsageError(`bench: ${(err as Error).message}`);
   }
   const { queues, depth, maxIoBufBytes } = parseDeviceArgs(values);
-  const nbdConnections = parseIntArg(values['nbd-connections'], '--nbd-connections', 1, 64) ?? queues ?? DEVICE_DEFAULTS.queues;
   const nbdBlockSize = parseIntArg(values['nbd-block-size'], '--nbd-block-size', 512, 4096) ?? 512;
   if (![512, 1024, 2048, 4096].includes(nbdBlockSize)) throw new UsageError('bench: --nbd-block-size must be 512, 1024, 2048 or 4096');
   let sizeBytes = 256 * 2 ** 20;
@@ -107,42 +137,49 @@ export async function bench(argv: string[]): Promise<number> {
       throw new UsageError(`bench: --size: ${(err as Error).message}`);
     }
   }
-  const outDir = values['no-out'] ? undefined : path.resolve(values.out ?? path.join(packageRoot(), 'bench', 'results'));
-  const command = ['netdisk-ublk bench', ...argv.map(shellQuote)].join(' ');
-  const stem = values.stem ?? resultStem();
-  const progress = process.stderr.isTTY ? new ProgressLine(process.stderr, seconds + ramp) : undefined;
-  const log = (m: string): void => {
-    progress?.clear();
-    process.stderr.write(m + '\n');
-  };
-
-  const missing = await missingPrerequisites();
-  const inVm = process.env.NETDISK_IN_VM === '1';
-  if (missing !== null) {
-    if (inVm || ublkAvailable()) throw new CliError(`bench: ${missing}`);
-    return benchInVm(argv, { stem, outDir, tsPath: !values['no-ts-path'], reason: missing, log });
-  }
-
-  let tsPath: TsPathReport | undefined;
-  const hostEnv = process.env.NETDISK_BENCH_HOST;
-  const host = hostEnv ? (JSON.parse(hostEnv) as HostSide) : undefined;
-  if (host?.tsPath) tsPath = host.tsPath;
-  else if (!values['no-ts-path']) {
-    log('bench: measuring the TypeScript part against nbdkit memory');
-    tsPath = await measureTsPathSuite({ seconds: 1, slices: quick ? 3 : 7, where: `natively, ${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()})` });
-  }
-  const res: BenchResults = await runBench({
+  return {
+    quick,
+    runs: parseIntArg(values.runs, '--runs', 1, 100) ?? (quick ? 1 : 3),
+    seconds: parseIntArg(values.seconds, '--seconds', 1, 3600) ?? (quick ? 3 : 8),
+    ramp: parseIntArg(values.ramp, '--ramp', 0, 600) ?? 1,
+    // V8 needs ~25 s to compile the daemon's hot paths under the VM's emulated CPU (measured
+    // with the TS-path harness in the VM); natively a few seconds are plenty.
+    warmup: parseIntArg(values.warmup, '--warmup', 0, 3600) ?? (process.env.NETDISK_IN_VM === '1' ? (quick ? 12 : 30) : 3),
     stores: stores as StoreKind[],
     cases,
-    runs,
-    fio: { seconds, rampSeconds: ramp },
-    warmupSeconds: warmup,
+    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIoBufBytes ? { maxIoBufBytes } : {}) },
+    nbdConnections: parseIntArg(values['nbd-connections'], '--nbd-connections', 1, 64) ?? queues ?? DEVICE_DEFAULTS.queues,
+    nbdBlockSize,
     sizeBytes,
     dir: values.dir ?? os.tmpdir(),
+    outDir: values['no-out'] ? undefined : path.resolve(values.out ?? path.join(packageRoot(), 'bench', 'results')),
+    tsPath: !values['no-ts-path'],
+    command: ['netdisk-ublk bench', ...argv.map(shellQuote)].join(' '),
+    stem: values.stem ?? resultStem(),
+  };
+}
+
+/** The devices are here: measure them (and the TS part, unless the host side did), write the files. */
+async function benchHere(plan: BenchPlan, log: (m: string) => void, progress: ProgressLine | undefined): Promise<number> {
+  const hostEnv = process.env.NETDISK_BENCH_HOST;
+  const host = hostEnv ? (JSON.parse(hostEnv) as HostSide) : undefined;
+  let tsPath = host?.tsPath;
+  if (tsPath === undefined && plan.tsPath) {
+    log('bench: measuring the TypeScript part against nbdkit memory');
+    tsPath = await measureTsPath(plan.quick, `natively, ${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()})`);
+  }
+  const res: BenchResults = await runBench({
+    stores: plan.stores,
+    cases: plan.cases,
+    runs: plan.runs,
+    fio: { seconds: plan.seconds, rampSeconds: plan.ramp },
+    warmupSeconds: plan.warmup,
+    sizeBytes: plan.sizeBytes,
+    dir: plan.dir,
     cli: path.join(packageRoot(), 'bin', 'netdisk-ublk.js'),
-    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIoBufBytes ? { maxIoBufBytes } : {}) },
-    nbd: { connections: nbdConnections, blockSize: nbdBlockSize },
-    command: host?.command ?? command,
+    ublk: plan.ublk,
+    nbd: { connections: plan.nbdConnections, blockSize: plan.nbdBlockSize },
+    command: host?.command ?? plan.command,
     ...(host ? { host: { kernel: host.kernel, cpu: host.cpu, cpus: host.cpus, loadBefore: host.loadBefore } } : {}),
     log,
     ...(progress ? { progress: (p: Progress) => progress.show(p) } : {}),
@@ -150,11 +187,18 @@ export async function bench(argv: string[]): Promise<number> {
   progress?.clear();
   if (tsPath) res.tsPath = tsPath;
   process.stdout.write(`\n${renderTables(res)}\nTargets:\n${targetLines(res).join('\n')}\n`);
-  if (outDir) {
-    const files = writeResults(res, outDir, stem);
+  if (plan.outDir) {
+    const files = writeResults(res, plan.outDir, plan.stem);
     process.stdout.write(`\nwrote ${files.join(', ')}\n`);
   }
   return 0;
+}
+
+/** The TypeScript part of the ublk path, natively: bench/ts-path.ts in a process of its own. */
+async function measureTsPath(quick: boolean, where: string): Promise<TsPathReport> {
+  const script = path.join(packageRoot(), 'dist', 'bench', 'ts-path.js');
+  const out = await runOk(process.execPath, [script, '--json', '--seconds', '1', '--slices', quick ? '3' : '7', '--where', where]);
+  return JSON.parse(out) as TsPathReport;
 }
 
 function resultStem(): string {
@@ -185,6 +229,7 @@ interface VmRun {
   stem: string;
   outDir: string | undefined;
   tsPath: boolean;
+  quick: boolean;
   reason: string;
   log(m: string): void;
 }
@@ -210,7 +255,7 @@ async function benchInVm(argv: string[], o: VmRun): Promise<number> {
   if (o.tsPath) {
     o.log('bench: measuring the TypeScript part natively against nbdkit memory');
     try {
-      host.tsPath = await measureTsPathSuite({ seconds: 1, slices: argv.includes('--quick') ? 3 : 7, where: `natively on the host (${host.cpus} CPUs, ${host.cpu})` });
+      host.tsPath = await measureTsPath(o.quick, `natively on the host (${host.cpus} CPUs, ${host.cpu})`);
     } catch (err) {
       o.log(`bench: the native measurement failed, going on without it: ${(err as Error).message}`);
     }
@@ -219,11 +264,7 @@ async function benchInVm(argv: string[], o: VmRun): Promise<number> {
   const args = ['--timeout', String(VM_TIMEOUT_SEC), '--env', `NETDISK_BENCH_HOST=${JSON.stringify(host)}`];
   if (o.outDir && !o.outDir.startsWith(packageRoot() + path.sep)) args.push('--share', o.outDir);
   args.push('--', ...inner.map(shellQuote));
-  const code = await new Promise<number>((resolve, reject) => {
-    const child = spawn(runSh, args, { stdio: ['ignore', 'inherit', 'inherit'] });
-    child.on('error', reject);
-    child.on('close', (c) => resolve(c ?? 1));
-  });
+  const code = await runAttached(runSh, args);
   if (code !== 0) return code;
   if (o.outDir) {
     // The host's load after the run completes the record; the VM could not see it.
