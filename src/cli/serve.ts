@@ -2,7 +2,7 @@
 //                      [--max-connections N] [--handshake-timeout S]
 import { createLogger } from '../log';
 import { SystemdNotifier } from '../systemd';
-import { FileStore, FileStoreError } from '../server/file-store';
+import { FileStore, FileStoreError } from '../server/store/file-store';
 import { NbdServer } from '../server/server';
 import { SERVER_DEFAULTS } from '../server/settings';
 import { loadServerTls, ServerTls } from '../server/tls';

@@ -14,7 +14,7 @@ import { Logger } from '../log';
 import { ByteBudget } from './byte-budget';
 import { isPooledSize, releaseReplyBuffer, takeReplyBuffer } from './reply-buffers';
 import { ServerSettings, serverSettings } from './settings';
-import { Store } from './store';
+import { Store } from './store/store';
 import { ServerTls, startServerTls } from './tls';
 import { ExportLimits, toNbdErrno, validateRequest } from './validate';
 

@@ -5,7 +5,7 @@
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as path from 'path';
-import { Done, Store } from '../../src/server/store';
+import { Done, Store } from '../../src/server/store/store';
 import { NbdServer } from '../../src/server/server';
 import { makeImage, tempDir } from '../helpers/images';
 import { freePort, HOST, waitForPort } from '../helpers/net';

@@ -22,7 +22,7 @@ import * as net from 'net';
 import { Duplex } from 'stream';
 import { ServerConnection } from '../../src/server/connection';
 import { serverSettings } from '../../src/server/settings';
-import type { Done, Store } from '../../src/server/store';
+import type { Done, Store } from '../../src/server/store/store';
 import { silentLogger } from '../../src/log';
 import { cleanupAfterAll } from '../helpers/procs';
 import { makeImage, tempDir } from '../helpers/images';

@@ -5,7 +5,7 @@
 import * as assert from 'assert';
 import { Duplex } from 'stream';
 import { ServerConnection } from '../../src/server/connection';
-import { Done, Store } from '../../src/server/store';
+import { Done, Store } from '../../src/server/store/store';
 import { silentLogger } from '../../src/log';
 import { goData, MAGIC, option, request, u32 } from '../helpers/raw-nbd';
 

@@ -2,16 +2,10 @@
 // way the daemon runs its queues. The disk is a SharedArrayBuffer shared with the
 // other queues; the char device fd was opened once by the main thread.
 import { parentPort, workerData } from 'worker_threads';
-import { UblkQueue } from '../../src/ublk/queue';
+import { UblkQueue, type UblkQueueOptions } from '../../src/ublk/queue';
 import { newStats, ramHandler } from './ram-target';
 
-interface Data {
-  devId: number;
-  qid: number;
-  depth: number;
-  maxIoBufBytes: number;
-  charFd: number;
-  ioctlEncode: boolean;
+interface Data extends UblkQueueOptions {
   disk: SharedArrayBuffer;
 }
 

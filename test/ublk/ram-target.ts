@@ -1,10 +1,8 @@
 // A RAM-backed ublk target for the kernel tests: a Buffer is the disk. Used on the
 // test's own thread (device.ktest.ts) and in worker threads (ram-queue-worker.ts).
+import { EIO, EOPNOTSUPP } from '../../src/errno';
 import { UblkIoOp, UblkIoFlag } from '../../src/ublk/constants';
 import type { UblkQueue, UblkQueueHandler } from '../../src/ublk/queue';
-
-const EIO = 5;
-const EOPNOTSUPP = 95;
 
 export interface RamStats {
   reads: number;

@@ -6,9 +6,9 @@ import { Done, Store } from './store';
 import { FallocateOp, FileIo } from './file-io';
 import { PoolIo } from './pool-io';
 import { RingIo } from './ring-io';
-import { EOPNOTSUPP, errnoOf } from '../errno';
-import { isNativeErrnoError, loadFileOps, type AddonLoadError, type FileOpsNative } from '../native/load';
-import { silentLogger, type Logger } from '../log';
+import { EOPNOTSUPP, errnoOf } from '../../errno';
+import { isNativeErrnoError, loadFileOps, type AddonLoadError, type FileOpsNative } from '../../native/load';
+import { silentLogger, type Logger } from '../../log';
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 

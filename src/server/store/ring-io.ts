@@ -11,9 +11,9 @@
 // starving the loop, and measured latency was the same. Short transfers are resumed, a
 // read at EOF zero-fills the rest.
 import { Done } from './store';
-import { EIO, EOPNOTSUPP } from '../errno';
+import { EIO, EOPNOTSUPP } from '../../errno';
 import { FallocateOp, FileIo, errnoError } from './file-io';
-import type { FileOpsNative, NativeFileRing } from '../native/load';
+import type { FileOpsNative, NativeFileRing } from '../../native/load';
 
 // SQ entries: the most requests one io_uring_enter takes (more are sent in several);
 // the addon sizes the CQ at 8x, so requests in flight rarely wait on it.

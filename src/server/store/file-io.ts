@@ -1,6 +1,6 @@
 // File I/O as the file store needs it, with two engines: RingIo (io_uring, ring-io.ts) and,
 // where io_uring is unavailable, PoolIo (Node's fs on the libuv pool, pool-io.ts).
-import { errnoName } from '../errno';
+import { errnoName } from '../../errno';
 import { Done } from './store';
 
 export type FallocateOp = 'punchHole' | 'zeroRange';

@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import { Done } from './store';
 import { FallocateOp, FileIo } from './file-io';
-import type { FileOpsNative } from '../native/load';
+import type { FileOpsNative } from '../../native/load';
 
 export class PoolIo implements FileIo {
   readonly engine = 'threadpool';
