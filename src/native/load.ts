@@ -9,7 +9,7 @@ import type { FileOpsNative } from './fileops.d';
 import type { SdNotifyNative } from './sdnotify.d';
 import type { UblkNative } from './ublk.d';
 
-/** How both addons report a failed system call (addon/errors.h). */
+/** How the addons report a failed system call (addon/errors.h). */
 export interface NativeErrnoError extends Error {
   /** Positive errno, e.g. 28 for ENOSPC. */
   errno: number;
