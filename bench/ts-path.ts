@@ -17,6 +17,7 @@ import { silentLogger } from '../src/log';
 import { ReconnectingClient } from '../src/nbd/reconnecting-client';
 import { UblkIoOp } from '../src/ublk/constants';
 import { FakeKernelQueue } from '../test/helpers/fake-kernel-queue';
+import { newQueueCounters, QueueCounters } from '../src/stats/device-counters';
 
 const STORE_BYTES = 256 * 2 ** 20;
 
@@ -81,7 +82,7 @@ export async function measureTsPath(host: string, port: number, c: BenchCase, se
   const svc = new QueueService({
     devId: 0, qid: 0, depth: c.depth, maxIoBufBytes: Math.max(c.blockBytes, 4096), charFd: -1, ioctlEncode: true,
     native: FakeKernelQueue.native((q) => { kernel = q; }),
-  }, client, silentLogger);
+  }, client, silentLogger, new QueueCounters(newQueueCounters(), c.depth));
   svc.start();
   const w = new Workload(kernel as FakeKernelQueue, c, client.info.size);
   // Warm-up: the JIT compiles the hot path before the clock starts.

@@ -11,6 +11,7 @@ import { DEVICE_OPTIONS, DEVICE_USAGE, parseDeviceArgs } from './device-args';
 import { runForeground, spawnDaemon } from './daemonize';
 import { inventory } from '../device/inventory';
 import { UblkCtrl } from '../ublk';
+import { METRICS_USAGE, parseMetricsArg } from './metrics-arg';
 import { DEVICES_FILE, listedDevice, readDevices } from './devices-file';
 import { CliError, UsageError } from './errors';
 import { openKeyFiles, parseRemoteArg, REMOTE_USAGE } from './remote-arg';
@@ -27,6 +28,7 @@ export const ADD_USAGE = `usage: netdisk-ublk add --remote URI|HOST[:PORT] [--ex
 ${DEVICE_USAGE}
   --foreground   stay attached (systemd, debugging); logs go to stderr
   --json         print the device as JSON
+  ${METRICS_USAGE}
   --from FILE    with --id N: device N as FILE lists it (store and options) instead of --remote
   --all-from FILE
                  every device FILE lists (e.g. ${DEVICES_FILE}), one daemon each; a device
@@ -42,6 +44,7 @@ export async function add(argv: string[]): Promise<number> {
     foreground: { type: 'boolean', short: 'f' },
     json: { type: 'boolean' },
     from: { type: 'string' },
+    metrics: { type: 'string' },
     'all-from': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   }, 'add');
@@ -52,6 +55,7 @@ export async function add(argv: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`add: unexpected argument "${positionals[0]}"\n${ADD_USAGE}`);
   const id = parseIntArg(values.id, '--id', 0, 1_048_575);
   const json = values.json ?? false;
+  const metrics = parseMetricsArg(values.metrics, 'add');
   if (values['all-from'] !== undefined) {
     const others = Object.keys(values).filter((k) => k !== 'all-from' && k !== 'json');
     if (others.length > 0) throw new UsageError(`add: --all-from takes every setting from the file, not --${others[0]}`);
@@ -79,7 +83,7 @@ export async function add(argv: string[]): Promise<number> {
     for (const f of openKeyFiles(config.remote)) process.stderr.write(`netdisk-ublk add: warning: ${f} is readable by every user: chmod o-r it\n`);
   }
   if (values.foreground || process.env.NETDISK_READY_FD !== undefined) {
-    return runForeground('add', (d) => d.startOrRecover(), { config, ...(id === undefined ? {} : { id }) }, json);
+    return runForeground('add', (d) => d.startOrRecover(), { config, ...(id === undefined ? {} : { id }) }, json, metrics);
   }
   return spawnDaemon('add', argv, json);
 }

@@ -7,9 +7,13 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { createLogger, type Logger } from '../log';
 import { DaemonError, DeviceDaemon, checkHost, type DaemonOptions, type ReadyInfo } from '../device/daemon';
-import { readRecord, runDir, writeRecord } from '../device/state';
+import { readRecord, runDir, statsSocketPath, writeRecord } from '../device/state';
 import { detailOf } from '../errno';
 import { formatSize } from '../size';
+import { MetricsServer, type MetricsAddress } from '../stats/metrics-server';
+import { renderMetrics } from '../stats/prometheus';
+import { zeroCounters } from '../stats/report';
+import { StatsSocket } from '../stats/stats-socket';
 import { SystemdNotifier } from '../systemd';
 import { CliError } from './errors';
 
@@ -32,7 +36,7 @@ function report(fd: number, r: Report): void {
 /** Brings the device up with `bringUp`, serves it until SIGTERM/SIGINT, then stops and deletes it. */
 export async function runForeground(
   command: string, bringUp: (d: DeviceDaemon) => Promise<ReadyInfo>,
-  settings: Omit<DaemonOptions, 'log' | 'logFile'>, json: boolean,
+  settings: Omit<DaemonOptions, 'log' | 'logFile'>, json: boolean, metricsAt?: MetricsAddress,
 ): Promise<number> {
   const readyFd = process.env.NETDISK_READY_FD === undefined ? undefined : Number(process.env.NETDISK_READY_FD);
   const logFile = process.env.NETDISK_LOG_FILE;
@@ -49,15 +53,33 @@ export async function runForeground(
   const daemon = new DeviceDaemon({
     ...settings, log, ...(logFile ? { logFile } : {}), onLinkChange: (text) => systemd.status(text),
   });
-  let info: ReadyInfo;
+  let info: ReadyInfo | undefined;
+  // Listening first: an address in use fails the command before any device exists.
+  const metrics = metricsAt === undefined ? undefined : await MetricsServer.listen(metricsAt,
+    () => renderMetrics(['device', String(info?.id ?? '')], daemon.readCounters()))
+    .catch((err: NodeJS.ErrnoException) => {
+      const msg = `--metrics: cannot listen on ${'path' in metricsAt ? metricsAt.path : `${metricsAt.host}:${metricsAt.port}`}: ${err.code ?? err.message}`;
+      if (readyFd !== undefined) report(readyFd, { ok: false, message: msg, code: err.code });
+      throw new CliError(`${command}: ${msg}`);
+    });
   try {
     info = await bringUp(daemon);
   } catch (err) {
     const msg = err instanceof DaemonError ? err.message : (err as Error).stack ?? String(err);
     const detail = detailOf(err);
+    await metrics?.close();
     if (readyFd !== undefined) report(readyFd, { ok: false, message: msg, code: detail.code, errno: detail.errno });
     throw new CliError(`${command}: ${msg}`, 1, detail);
   }
+  const live = info;
+  const start = zeroCounters(Date.now());
+  const stats = await StatsSocket.listen(statsSocketPath(live.id), {
+    name: live.device, detail: live.remote, start, read: () => daemon.readCounters(),
+  }).catch((err: Error) => {
+    log.warn({ err: err.message }, 'no stats socket: `netdisk-ublk stats` cannot read this device');
+    return undefined;
+  });
+  if (metrics) log.info({ metrics: metrics.text }, 'metrics');
   if (readyFd !== undefined) {
     if (logFile) {
       // The log file was named before the id was known; give it the device's name, and
@@ -94,6 +116,8 @@ export async function runForeground(
   });
   systemd.stopping(`stopping ${info.device}: in-flight requests finish, then the device is deleted`);
   await daemon.stop();
+  await stats?.close();
+  await metrics?.close();
   log.info('exiting');
   return daemon.exitCode;
 }

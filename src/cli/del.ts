@@ -4,7 +4,8 @@
 // stopped and deleted). When the daemon is gone (killed with -9, crashed), deletes the
 // device directly through the control device.
 import { inventory, devInfo } from '../device/inventory';
-import { pidAlive, readRecord, removeRecord } from '../device/state';
+import * as fs from 'fs';
+import { pidAlive, readRecord, removeRecord, statsSocketPath } from '../device/state';
 import { UblkCtrl } from '../ublk';
 import { parse, parseIntArg } from './args';
 import { CliError, UsageError } from './errors';
@@ -70,6 +71,8 @@ async function deleteOne(ctrl: UblkCtrl, id: number): Promise<void> {
     await ctrl.delDev(id);
   }
   removeRecord(id);
+  // A daemon killed with -9 leaves its stats socket behind.
+  fs.rmSync(statsSocketPath(id), { force: true });
 }
 
 function sleep(ms: number): Promise<void> {

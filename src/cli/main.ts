@@ -8,6 +8,7 @@ commands:
   add --remote URI|HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N] [--foreground] [--json]
   del ID | --all
   list [--json]
+  stats [ID] [--json] [--watch [S]]
   recover ID [--remote URI|HOST[:PORT]]
   bench [--quick] [--runs N] [--seconds S] [--stores serve,nbdkit] [--cases LIST] [--queues N] ...
   --version, -V  print the version
@@ -23,6 +24,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   add: async () => (await import('./add')).add,
   del: async () => (await import('./del')).del,
   list: async () => (await import('./list')).list,
+  stats: async () => (await import('./stats')).stats,
   recover: async () => (await import('./recover')).recover,
   bench: async () => (await import('./bench')).bench,
 };

@@ -14,6 +14,7 @@ import { AddonLoadError } from '../native/load';
 import {
   UBLK_CONTROL_PATH, UblkCtrl, UblkError, UblkFlag, UblkState, blockDevPath, closeCharDev, flagNames, openCharDev, type DevInfo,
 } from '../ublk';
+import { newQueueCounters, readCounters, type DeviceCounters } from '../stats/device-counters';
 import { deviceGeometry } from './capabilities';
 import { remoteAddress, type DeviceConfig } from './config';
 import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './queue-worker';
@@ -62,6 +63,8 @@ export class DeviceDaemon {
   private devId = -1;
   private charFd = -1;
   private workers: QueueWorker[] = [];
+  /** Each queue's counters, shared with its worker thread (stats/device-counters.ts). */
+  private queueCounters: SharedArrayBuffer[] = [];
   private stopping: Promise<void> | undefined;
   private readonly log: Logger;
   /** What the device runs with: the command line's, or the record's when re-attaching. */
@@ -176,6 +179,11 @@ export class DeviceDaemon {
     return this.live(geo.deviceBytes, true);
   }
 
+  /** The device's counters now, all queues summed (stats, metrics). */
+  readCounters(): DeviceCounters {
+    return readCounters(this.queueCounters);
+  }
+
   /** Stops the device (in-flight requests finish), ends the queues and deletes the device. */
   stop(): Promise<void> {
     this.stopping ??= this.teardown(true);
@@ -221,8 +229,10 @@ export class DeviceDaemon {
     };
     writeRecord(rec);
     for (let qid = 0; qid < dev.nrHwQueues; qid++) {
+      const counters = newQueueCounters();
+      this.queueCounters.push(counters);
       this.workers.push(this.spawnQueue({
-        devId: this.devId, qid, charFd: this.charFd, ioctlEncode: ctrl.ioctlEncode, expect: info, config: this.config,
+        devId: this.devId, qid, charFd: this.charFd, ioctlEncode: ctrl.ioctlEncode, expect: info, config: this.config, counters,
       }));
     }
     await Promise.all(this.workers.map((w) => waitStarted(w)));

@@ -8,7 +8,13 @@ import { NbdError, NbdRequestError } from '../nbd/errors';
 import { UblkQueue, UblkIoOp, type UblkQueueOptions } from '../ublk';
 import { Logger } from '../log';
 import { EIO, EOPNOTSUPP } from '../errno';
+import type { QueueCounters } from '../stats/device-counters';
 import { nbdCommand, nbdFlags } from './ops';
+
+/** ublk op -> its slot in the counters (stats/device-counters.ts OPS); only ops nbdCommand maps. */
+const COUNTED_OP: Record<number, number> = {
+  [UblkIoOp.READ]: 0, [UblkIoOp.WRITE]: 1, [UblkIoOp.FLUSH]: 2, [UblkIoOp.DISCARD]: 3, [UblkIoOp.WRITE_ZEROES]: 4,
+};
 
 export class QueueService {
   private readonly q: UblkQueue;
@@ -18,7 +24,8 @@ export class QueueService {
   readonly stopped: Promise<void>;
   private readonly onDone: (err: NbdError | null, tag: number) => void;
 
-  constructor(qopts: UblkQueueOptions, private readonly client: ReconnectingClient, private readonly log: Logger) {
+  constructor(qopts: UblkQueueOptions, private readonly client: ReconnectingClient, private readonly log: Logger,
+    private readonly counters: QueueCounters) {
     this.q = new UblkQueue(qopts);
     this.exportFlags = client.info.flags;
     this.stopped = new Promise((r) => { this.stoppedResolve = r; });
@@ -27,11 +34,14 @@ export class QueueService {
     this.onDone = (err, tag) => {
       if (err === null) {
         const op = q.op(tag);
-        q.complete(tag, op === UblkIoOp.READ || op === UblkIoOp.WRITE ? q.length(tag) : 0);
+        const bytes = op === UblkIoOp.READ || op === UblkIoOp.WRITE ? q.length(tag) : 0;
+        this.counters.end(tag, bytes, 0);
+        q.complete(tag, bytes);
         return;
       }
       // A refused request keeps its errno (ENOSPC stays "no space"); a lost connection is EIO.
       const errno = err instanceof NbdRequestError ? err.errno : EIO;
+      this.counters.end(tag, 0, errno);
       this.log.debug({ err, tag, op: q.op(tag), offset: q.offset(tag), length: q.length(tag) }, 'request failed');
       q.complete(tag, -errno);
     };
@@ -57,6 +67,7 @@ export class QueueService {
       return;
     }
     const flags = nbdFlags(op, q.flags(tag), this.exportFlags);
+    this.counters.begin(tag, COUNTED_OP[op] as number);
     switch (cmd) {
       case N.Cmd.READ: {
         const len = q.length(tag);

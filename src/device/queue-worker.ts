@@ -6,6 +6,7 @@ import { ReconnectingClient } from '../nbd/reconnecting-client';
 import type { ExportInfo } from '../nbd/client';
 import { createLogger } from '../log';
 import type { DeviceConfig } from './config';
+import { QueueCounters } from '../stats/device-counters';
 import { QueueService } from './queue-service';
 
 export interface QueueWorkerData {
@@ -17,6 +18,8 @@ export interface QueueWorkerData {
   expect: ExportInfo;
   /** The device's settings, as the kernel granted them. */
   config: DeviceConfig;
+  /** This queue's counters, read by the daemon's main thread (stats/device-counters.ts). */
+  counters: SharedArrayBuffer;
 }
 
 /** From the daemon: the device is being stopped. */
@@ -44,7 +47,9 @@ async function main(): Promise<void> {
     post({ type: 'failed', message: (err as Error).message });
     return;
   }
+  const counters = new QueueCounters(d.counters, d.config.depth);
   client.on('disconnect', (e: { reason: string; pending: number }) => {
+    counters.disconnected();
     log.warn({ reason: e.reason, pending: e.pending }, 'connection to the store lost: reconnecting, requests wait');
     post({ type: 'link', text: `queue ${d.qid}: connection to the store lost (${e.reason}); reconnecting, ${e.pending} requests wait` });
   });
@@ -53,6 +58,7 @@ async function main(): Promise<void> {
   client.on('mismatch', (e: { reason: string }) =>
     log.error({ reason: e.reason }, 'the store now serves a different export: not using it'));
   client.on('reconnect', (e: { downMs: number; attempts: number; resent: number }) => {
+    counters.reconnected(e.resent);
     log.warn({ downMs: e.downMs, attempts: e.attempts, resent: e.resent }, 'reconnected to the store');
     post({ type: 'link', text: `queue ${d.qid}: reconnected after ${(e.downMs / 1000).toFixed(1)} s, ${e.resent} requests resent` });
   });
@@ -68,6 +74,7 @@ async function main(): Promise<void> {
     { devId: d.devId, qid: d.qid, depth: d.config.depth, maxIoBufBytes: d.config.maxIoBufBytes, charFd: d.charFd, ioctlEncode: d.ioctlEncode },
     client,
     log,
+    counters,
   );
   svc.start();
   post({ type: 'started' });

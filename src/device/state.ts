@@ -24,6 +24,11 @@ export function recordPath(id: number): string {
   return path.join(runDir(), `${id}.json`);
 }
 
+/** The daemon's stats socket (stats/stats-socket.ts): what `netdisk-ublk stats ID` reads. */
+export function statsSocketPath(id: number): string {
+  return path.join(runDir(), `${id}.stats.sock`);
+}
+
 export function writeRecord(rec: DeviceRecord): void {
   fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
   const file = recordPath(rec.id);

@@ -9,7 +9,7 @@ import { cleanupAfterAll, run } from '../helpers/procs';
 import { cliPath } from '../helpers/serve';
 import { repoRoot } from '../helpers/vm';
 
-const COMMANDS = ['serve', 'add', 'del', 'list', 'recover', 'bench'];
+const COMMANDS = ['serve', 'add', 'del', 'list', 'stats', 'recover', 'bench'];
 
 function cli(args: string[], env: NodeJS.ProcessEnv = process.env) {
   return run(process.execPath, [cliPath(), ...args], { env });

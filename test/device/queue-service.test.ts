@@ -5,6 +5,7 @@
 // completions of one tick committed together.
 import * as assert from 'assert';
 import { QueueService } from '../../src/device/queue-service';
+import { QueueCounters, newQueueCounters, readCounters, type DeviceCounters } from '../../src/stats/device-counters';
 import { silentLogger } from '../../src/log';
 import { ReconnectingClient } from '../../src/nbd/reconnecting-client';
 import { UblkIoFlag, UblkIoOp } from '../../src/ublk/constants';
@@ -23,6 +24,8 @@ interface Rig {
   store: FakeNbdServer;
   kernel: FakeKernelQueue;
   svc: QueueService;
+  /** What the queue counted (as the daemon reads it). */
+  counters(): DeviceCounters;
   /** Delivers what was queued and waits until every delivered tag is committed. */
   run(): Promise<Array<[number, number]>>;
 }
@@ -36,13 +39,15 @@ async function rig(cleanup: Cleanup, opts: { failAfterMs?: number } = {}): Promi
   });
   cleanup.add(() => client.close());
   let kernel: FakeKernelQueue | undefined;
+  const buf = newQueueCounters();
   const svc = new QueueService(
     { devId: 0, qid: 0, depth: DEPTH, maxIoBufBytes: 65536, charFd: -1, ioctlEncode: true, native: FakeKernelQueue.native((q) => { kernel = q; }) },
-    client, silentLogger);
+    client, silentLogger, new QueueCounters(buf, DEPTH));
   svc.start();
   const k = kernel as FakeKernelQueue;
   return {
     store, kernel: k, svc,
+    counters: () => readCounters([buf]),
     run: async () => {
       const before = k.commits.flat().length;
       const n = k.deliver();
@@ -67,6 +72,10 @@ describe('device: QueueService (fake kernel, NBD on loopback)', function () {
     assert.ok(r.store.disk.subarray(32768, 40960).equals(data), 'the write reached the store');
     assert.deepStrictEqual(r.store.requests.map((q) => [q.type, q.flags, q.offset, q.length]).sort(),
       [[CMD.READ, 0, 4096, 4096], [CMD.WRITE, FUA, 32768, 8192]]);
+    const c = r.counters();
+    assert.deepStrictEqual([c.ops.read.count, c.ops.read.bytes, c.ops.write.count, c.ops.write.bytes, c.inFlight], [1, 4096, 1, 8192, 0]);
+    assert.strictEqual(c.peakInFlight, 2);
+    assert.ok(c.ops.read.latencyUs > 0 && c.ops.write.latencyUs > 0, 'latency is measured');
   });
 
   it('FLUSH, DISCARD and WRITE_ZEROES (NOUNMAP -> NO_HOLE) become their NBD commands; their result is 0', async () => {
@@ -77,6 +86,8 @@ describe('device: QueueService (fake kernel, NBD on loopback)', function () {
     assert.deepStrictEqual((await r.run()).sort(), [[2, 0], [3, 0], [4, 0]]);
     assert.deepStrictEqual(r.store.requests.map((q) => [q.type, q.flags, q.offset, q.length]).sort(),
       [[CMD.FLUSH, 0, 0, 0], [CMD.TRIM, 0, 0, 4096], [CMD.WRITE_ZEROES, NO_HOLE, 8192, 4096]]);
+    const c = r.counters();
+    assert.deepStrictEqual([c.ops.flush.count, c.ops.discard.count, c.ops.write_zeroes.count, c.ops.read.count], [1, 1, 1, 0]);
   });
 
   it('an op NBD does not have is EOPNOTSUPP and never reaches the store; the tick\'s completions go in one commit', async () => {
@@ -103,6 +114,8 @@ describe('device: QueueService (fake kernel, NBD on loopback)', function () {
     r.kernel.request(0, UblkIoOp.READ, 0, 8);
     r.kernel.request(1, UblkIoOp.WRITE, 0, 8);
     assert.deepStrictEqual((await r.run()).sort(), [[0, -5], [1, -5]]);
+    const c = r.counters();
+    assert.deepStrictEqual([c.ops.read.errors, c.ops.write.errors, c.errnos], [1, 1, { 5: 2 }]);
   });
 
   it('every tag aborted (the device stopping): stopped resolves and the queue is closed', async () => {
