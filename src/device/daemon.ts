@@ -12,7 +12,7 @@ import { Logger } from '../log';
 import { DetailedError, detailOf } from '../errno';
 import { AddonLoadError } from '../native/load';
 import {
-  UBLK_CONTROL_PATH, UblkCtrl, UblkError, UblkFlag, UblkState, blockDevPath, closeCharDev, flagNames, openCharDev, type DevInfo,
+  UBLK_CONTROL_PATH, UblkCtrl, UblkError, UblkFlag, UblkState, blockDevPath, closeCharDev, flagNames, flagSet, openCharDev, type DevInfo,
 } from '../ublk';
 import { newQueueCounters, readCounters, type DeviceCounters } from '../stats/device-counters';
 import { deviceGeometry } from './capabilities';
@@ -223,9 +223,15 @@ export class DeviceDaemon {
     // The shape the kernel granted (queues may have been cut to one, see start()).
     this.config = { ...this.config, queues: dev.nrHwQueues, depth: dev.queueDepth, maxIoBufBytes: dev.maxIoBufBytes };
     const old = readRecord(this.devId);
+    // What the kernel offers and what this device uses of it: newer kernels offer more
+    // (auto buffer registration, batched I/O, ...) and set some flags themselves.
+    const flags = flagSet(dev.flags);
+    const kernelFeatures = ctrl.features === null ? undefined : flagSet(ctrl.features);
+    this.log.info({ dev: this.devId, kernelFeatures: kernelFeatures ?? null, flags }, 'ublk features: the kernel\'s and the device\'s');
     const rec: DeviceRecord = {
       id: this.devId, config: this.config, size: deviceBytes, pid: process.pid, created: old?.created ?? new Date().toISOString(),
       ...(this.opts.logFile ? { logFile: this.opts.logFile } : {}),
+      flags, ...(kernelFeatures ? { kernelFeatures } : {}),
     };
     writeRecord(rec);
     for (let qid = 0; qid < dev.nrHwQueues; qid++) {

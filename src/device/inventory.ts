@@ -1,7 +1,7 @@
 // Which netdisk-ublk devices exist: the kernel's view (GET_DEV_INFO for each
 // /sys/class/ublk-char/ublkcN) joined with our records under /run/netdisk-ublk.
 import * as fs from 'fs';
-import { UblkCtrl, UblkState, blockDevPath, type DevInfo } from '../ublk';
+import { UblkCtrl, UblkState, blockDevPath, flagSet, type DevInfo, type FlagSet } from '../ublk';
 import { remoteAddress } from './config';
 import { NETDISK_MARK } from './daemon';
 import { pidAlive, readRecord, recordIds, type DeviceRecord } from './state';
@@ -18,6 +18,10 @@ export interface DeviceView {
   /** live, quiesced, dead, fail_io; 'gone' when only our record is left. */
   state: string;
   daemonAlive: boolean;
+  /** UBLK_F_* the device runs with (the kernel's GET_DEV_INFO, else our record). */
+  flags: FlagSet | null;
+  /** UBLK_F_* this kernel offers (GET_FEATURES), else what the record kept. */
+  kernelFeatures: FlagSet | null;
 }
 
 const STATE_NAMES: Record<number, string> = {
@@ -50,17 +54,17 @@ export async function inventory(ctrl: UblkCtrl | undefined): Promise<DeviceView[
       const info = await devInfo(ctrl, id);
       const rec = readRecord(id);
       if (!info || (info.ublksrvFlags !== NETDISK_MARK && !rec)) continue;
-      views.set(id, view(id, info, rec));
+      views.set(id, view(id, info, rec, ctrl.features));
     }
   }
   for (const id of recordIds()) {
     if (views.has(id)) continue;
-    views.set(id, view(id, undefined, readRecord(id)));
+    views.set(id, view(id, undefined, readRecord(id), ctrl?.features ?? null));
   }
   return [...views.values()].sort((a, b) => a.id - b.id);
 }
 
-function view(id: number, info: DevInfo | undefined, rec: DeviceRecord | undefined): DeviceView {
+function view(id: number, info: DevInfo | undefined, rec: DeviceRecord | undefined, features: bigint | null): DeviceView {
   const pid = info && info.ublksrvPid > 0 ? info.ublksrvPid : rec?.pid ?? null;
   return {
     id,
@@ -73,5 +77,7 @@ function view(id: number, info: DevInfo | undefined, rec: DeviceRecord | undefin
     pid,
     state: info ? STATE_NAMES[info.state] ?? `state${info.state}` : 'gone',
     daemonAlive: pid !== null && pidAlive(pid),
+    flags: info ? flagSet(info.flags) : rec?.flags ?? null,
+    kernelFeatures: features !== null ? flagSet(features) : rec?.kernelFeatures ?? null,
   };
 }

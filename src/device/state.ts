@@ -3,6 +3,7 @@
 // so records vanish at reboot, like the devices themselves.
 import * as fs from 'fs';
 import * as path from 'path';
+import type { FlagSet } from '../ublk';
 import type { DeviceConfig } from './config';
 
 export interface DeviceRecord {
@@ -14,6 +15,10 @@ export interface DeviceRecord {
   pid: number;
   created: string;
   logFile?: string;
+  /** UBLK_F_* the device runs with, as the kernel granted them at ADD_DEV. */
+  flags?: FlagSet;
+  /** UBLK_F_* the kernel offers (GET_FEATURES); absent on kernels without GET_FEATURES. */
+  kernelFeatures?: FlagSet;
 }
 
 export function runDir(): string {

@@ -107,6 +107,7 @@ export const UblkFlag = {
   SAFE_STOP_DEV: 1n << 17n,
   NO_AUTO_PART_SCAN: 1n << 18n,
   SHMEM_ZC: 1n << 19n,
+  IO_DESC_SIZE: 1n << 20n,
 } as const;
 export type UblkFlagName = keyof typeof UblkFlag;
 
@@ -120,6 +121,17 @@ export function flagNames(mask: bigint): string[] {
     names.push(name ?? `bit${bit}`);
   }
   return names;
+}
+
+/** A UBLK_F_* mask as logs, records and `list --json` show it. */
+export interface FlagSet {
+  /** The mask in hex, e.g. "0x1fffff". */
+  mask: string;
+  names: string[];
+}
+
+export function flagSet(mask: bigint): FlagSet {
+  return { mask: `0x${mask.toString(16)}`, names: flagNames(mask) };
 }
 
 /** Device states (ublksrv_ctrl_dev_info.state). */
