@@ -1,6 +1,6 @@
 // netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--stores LIST] [--cases LIST]
 //                    [--queues N] [--depth N] [--max-io SIZE] [--nbd-connections N] [--nbd-block-size N]
-//                    [--size SIZE] [--dir DIR] [--out DIR | --no-out] [--no-ts-path]
+//                    [--size SIZE] [--dir DIR] [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION]
 //
 // Latency and throughput of netdisk-ublk's /dev/ublkbN against the kernel nbd client's
 // /dev/nbdN, both attached to one and the same store. Where this kernel has no ublk (or no
@@ -8,6 +8,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { spawnSync } from 'child_process';
 import { CASES, findCases, type BenchCase } from '../bench/cases';
 import { renderChart } from '../bench/chart';
 import { renderMarkdown, renderTables, targetLines } from '../bench/report';
@@ -28,7 +29,7 @@ import { helpText } from './help';
 export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--warmup S]
                           [--stores serve,nbdkit] [--cases ID,...] [--queues N] [--depth N] [--max-io SIZE]
                           [--nbd-connections N] [--nbd-block-size N] [--size SIZE] [--dir DIR]
-                          [--out DIR | --no-out] [--no-ts-path]
+                          [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION]
   Measures netdisk-ublk's /dev/ublkbN against the kernel nbd client's /dev/nbdN (nbd-client),
   both attached to the same store: \`netdisk-ublk serve\` (an image in --dir), then \`nbdkit memory\`.
   fio (libaio, direct I/O, total latency) runs every case --runs times, the devices taking turns.
@@ -48,7 +49,9 @@ export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--se
   --size SIZE          store size (default 256M)
   --dir DIR            where \`serve\` keeps its image (default: the temporary directory)
   --out DIR            results directory (default: bench/results in the package)
-  --no-ts-path         skip the native measurement of the TypeScript part`;
+  --no-ts-path         skip the native measurement of the TypeScript part
+  --kernel SPEC        run in the test VM on this kernel: 6.12 (its default), 7 (the newest 7.x)
+                       or an exact version (see test/vm/README.md); the result files name it`;
 
 const VM_TIMEOUT_SEC = 3600;
 
@@ -70,7 +73,10 @@ interface BenchPlan {
   tsPath: boolean;
   /** The command line, for the report. */
   command: string;
-  stem: string;
+  /** --stem: the results' file stem the host side chose. */
+  stem: string | undefined;
+  /** --kernel: the test VM's kernel. */
+  kernel: string | undefined;
 }
 
 export async function bench(argv: string[]): Promise<number> {
@@ -85,10 +91,17 @@ export async function bench(argv: string[]): Promise<number> {
     process.stderr.write(m + '\n');
   };
   const missing = await missingPrerequisites();
-  if (missing !== null) {
-    if (process.env.NETDISK_IN_VM === '1' || ublkAvailable()) throw new CliError(`bench: ${missing}`);
-    return benchInVm(argv, { stem: plan.stem, outDir: plan.outDir, tsPath: plan.tsPath, quick: plan.quick, reason: missing, log });
+  const inVm = process.env.NETDISK_IN_VM === '1';
+  // In the VM, --kernel was the host's choice, already made.
+  if (!inVm && (missing !== null || plan.kernel !== undefined)) {
+    if (missing !== null && ublkAvailable()) throw new CliError(`bench: ${missing}`);
+    const kernel = vmKernel(plan.kernel);
+    return benchInVm(argv, {
+      stem: plan.stem ?? resultStem('vm', kernel), kernel, outDir: plan.outDir, tsPath: plan.tsPath, quick: plan.quick,
+      reason: missing ?? 'the kernel is chosen with --kernel', log,
+    });
   }
+  if (missing !== null) throw new CliError(`bench: ${missing}`);
   return benchHere(plan, log, progress);
 }
 
@@ -111,6 +124,7 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     out: { type: 'string' },
     'no-out': { type: 'boolean' },
     'no-ts-path': { type: 'boolean' },
+    kernel: { type: 'string' },
     // Set by the host side when it re-runs bench in the VM: the results' file stem.
     stem: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -155,7 +169,8 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     outDir: values['no-out'] ? undefined : path.resolve(values.out ?? path.join(packageRoot(), 'bench', 'results')),
     tsPath: !values['no-ts-path'],
     command: ['netdisk-ublk bench', ...argv.map(shellQuote)].join(' '),
-    stem: values.stem ?? resultStem(),
+    stem: values.stem,
+    kernel: values.kernel,
   };
 }
 
@@ -188,7 +203,7 @@ async function benchHere(plan: BenchPlan, log: (m: string) => void, progress: Pr
   if (tsPath) res.tsPath = tsPath;
   process.stdout.write(`\n${renderTables(res)}\nTargets:\n${targetLines(res).join('\n')}\n`);
   if (plan.outDir) {
-    const files = writeResults(res, plan.outDir, plan.stem);
+    const files = writeResults(res, plan.outDir, plan.stem ?? resultStem(process.env.NETDISK_IN_VM === '1' ? 'vm' : 'native', os.release()));
     process.stdout.write(`\nwrote ${files.join(', ')}\n`);
   }
   return 0;
@@ -201,11 +216,27 @@ async function measureTsPath(quick: boolean, where: string): Promise<TsPathRepor
   return JSON.parse(out) as TsPathReport;
 }
 
-function resultStem(): string {
+/** DATE-TIME-WHERE-KERNEL, e.g. 2026-11-30-0300-vm-7.3.4+deb13-amd64. */
+function resultStem(where: 'vm' | 'native', kernel: string): string {
   const d = new Date();
   const p = (n: number): string => String(n).padStart(2, '0');
-  const where = process.env.NETDISK_IN_VM === '1' ? 'vm' : ublkAvailable() ? 'native' : 'vm';
-  return `${d.getUTCFullYear()}-${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())}-${p(d.getUTCHours())}${p(d.getUTCMinutes())}-${where}`;
+  return `${d.getUTCFullYear()}-${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())}-${p(d.getUTCHours())}${p(d.getUTCMinutes())}-${where}-${kernel}`;
+}
+
+function vmScript(): string {
+  return path.join(packageRoot(), 'test', 'vm', 'run.sh');
+}
+
+/** The exact kernel the test VM boots for SPEC (run.sh's default when undefined). */
+function vmKernel(spec: string | undefined): string {
+  const runSh = vmScript();
+  if (!fs.existsSync(runSh)) {
+    throw new CliError('bench: this kernel has no ublk or nbd, and the test VM (test/vm/run.sh) comes only with the repository');
+  }
+  const r = spawnSync(runSh, [...(spec === undefined ? [] : ['--kernel', spec]), '--check'], { encoding: 'utf8' });
+  const m = /\(kernel ([^\s)]+)\)/.exec(r.stdout ?? '');
+  if (r.status !== 0 || !m?.[1]) throw new CliError(`bench: ${(r.stderr || r.stdout || String(r.error)).trim().replace(/^netdisk-vm: /, '')}`);
+  return m[1];
 }
 
 export function writeResults(res: BenchResults, outDir: string, stem: string): string[] {
@@ -227,6 +258,8 @@ interface HostSide extends HostInfo {
 
 interface VmRun {
   stem: string;
+  /** The test VM's kernel (exact version). */
+  kernel: string;
   outDir: string | undefined;
   tsPath: boolean;
   quick: boolean;
@@ -240,11 +273,8 @@ function shellQuote(s: string): string {
 
 /** The host side: measure the TS part here, run the device part in the test VM, finish the files. */
 async function benchInVm(argv: string[], o: VmRun): Promise<number> {
-  const runSh = path.join(packageRoot(), 'test', 'vm', 'run.sh');
-  if (!fs.existsSync(runSh)) {
-    throw new CliError(`bench: ${o.reason}; run it on a kernel with ublk_drv and nbd (the test VM, test/vm/run.sh, comes with the repository)`);
-  }
-  o.log(`bench: ${o.reason}; the devices are measured in the test VM (${path.relative(process.cwd(), runSh) || runSh}), whose output appears when it ends`);
+  const runSh = vmScript();
+  o.log(`bench: ${o.reason}; the devices are measured in the test VM (${path.relative(process.cwd(), runSh) || runSh}) on ${o.kernel}, whose output appears when it ends`);
   const host: HostSide = {
     command: ['netdisk-ublk bench', ...argv.map(shellQuote)].join(' '),
     kernel: os.release(),
@@ -261,7 +291,7 @@ async function benchInVm(argv: string[], o: VmRun): Promise<number> {
     }
   }
   const inner = ['node', path.join(packageRoot(), 'bin', 'netdisk-ublk.js'), 'bench', ...argv, '--stem', o.stem, '--no-ts-path'];
-  const args = ['--timeout', String(VM_TIMEOUT_SEC), '--env', `NETDISK_BENCH_HOST=${JSON.stringify(host)}`];
+  const args = ['--kernel', o.kernel, '--timeout', String(VM_TIMEOUT_SEC), '--env', `NETDISK_BENCH_HOST=${JSON.stringify(host)}`];
   if (o.outDir && !o.outDir.startsWith(packageRoot() + path.sep)) args.push('--share', o.outDir);
   args.push('--', ...inner.map(shellQuote));
   const code = await runAttached(runSh, args);
