@@ -29,3 +29,30 @@ export class FileIoError extends Error implements NodeJS.ErrnoException {
 export function errnoError(errno: number, syscall: string): FileIoError {
   return new FileIoError(errno, errnoName(errno), syscall);
 }
+
+/** Requests in flight in an engine, so that close() can wait for the last one. */
+export class InFlight {
+  private n = 0;
+  private onIdle: (() => void) | null = null;
+
+  begin(): void {
+    this.n++;
+  }
+
+  /** One request is done: its callback runs, then, if it was the last, whoever waits in whenIdle. */
+  end(done: Done, err: Error | null): void {
+    this.n--;
+    done(err);
+    if (this.n === 0 && this.onIdle !== null) {
+      const idle = this.onIdle;
+      this.onIdle = null;
+      idle();
+    }
+  }
+
+  /** Runs fn once nothing is in flight: now, or when the last request ends. */
+  whenIdle(fn: () => void): void {
+    if (this.n === 0) fn();
+    else this.onIdle = fn;
+  }
+}

@@ -3,13 +3,12 @@
 // pool thread and back; see ring-io.ts for the fast engine.
 import * as fs from 'fs';
 import { Done } from './store';
-import { FallocateOp, FileIo } from './file-io';
+import { FallocateOp, FileIo, InFlight } from './file-io';
 import type { FileOpsNative } from '../../native/load';
 
 export class PoolIo implements FileIo {
   readonly engine = 'threadpool';
-  private inFlight = 0;
-  private onIdle: (() => void) | null = null;
+  private readonly inFlight = new InFlight();
 
   constructor(private readonly fd: number, private readonly ops: FileOpsNative) {}
 
@@ -56,23 +55,12 @@ export class PoolIo implements FileIo {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.inFlight === 0) return resolve();
-      this.onIdle = resolve;
-    });
+    return new Promise((resolve) => this.inFlight.whenIdle(resolve));
   }
 
   private track(done: Done): Done {
-    this.inFlight++;
-    return (err) => {
-      this.inFlight--;
-      done(err);
-      if (this.inFlight === 0 && this.onIdle !== null) {
-        const idle = this.onIdle;
-        this.onIdle = null;
-        idle();
-      }
-    };
+    this.inFlight.begin();
+    return (err) => this.inFlight.end(done, err);
   }
 }
 

@@ -12,7 +12,7 @@
 // read at EOF zero-fills the rest.
 import { Done } from './store';
 import { EIO, EOPNOTSUPP } from '../../errno';
-import { FallocateOp, FileIo, errnoError } from './file-io';
+import { FallocateOp, FileIo, InFlight, errnoError } from './file-io';
 import type { FileOpsNative, NativeFileRing } from '../../native/load';
 
 // SQ entries: the most requests one io_uring_enter takes (more are sent in several);
@@ -50,11 +50,10 @@ export class RingIo implements FileIo {
   private readonly results = new Int32Array(2 * RESULT_PAIRS);
   private readonly ops: Op[] = [];
   private readonly free: number[] = [];
-  private inFlight = 0;
+  private readonly inFlight = new InFlight();
   private submitQueued = false;
   private closed = false;
   private ringClosed = false;
-  private onIdle: (() => void) | null = null;
   private nowait = true;
   // Requests per io_uring_enter, a moving average; and the count queued for the next one.
   private batchAvg = 1;
@@ -133,8 +132,7 @@ export class RingIo implements FileIo {
         this.ring.close();
         resolve();
       };
-      if (this.inFlight === 0) return finish();
-      this.onIdle = finish;
+      this.inFlight.whenIdle(finish);
     });
   }
 
@@ -150,7 +148,7 @@ export class RingIo implements FileIo {
     op.syscall = syscall;
     op.done = done;
     op.got = 0;
-    this.inFlight++;
+    this.inFlight.begin();
     return op;
   }
 
@@ -238,13 +236,7 @@ export class RingIo implements FileIo {
     op.buf = null;
     op.chunks = null;
     this.free.push(op.id);
-    this.inFlight--;
-    done(err);
-    if (this.inFlight === 0 && this.onIdle !== null) {
-      const idle = this.onIdle;
-      this.onIdle = null;
-      idle();
-    }
+    this.inFlight.end(done, err);
   }
 }
 
