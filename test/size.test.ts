@@ -4,14 +4,11 @@ import { formatSize, parseSize } from '../src/size';
 
 describe('size', () => {
   it('parses bytes and binary units, with or without B/iB, in any case', () => {
-    assert.strictEqual(parseSize('1474560'), 1474560);
-    assert.strictEqual(parseSize('512K'), 524288);
-    assert.strictEqual(parseSize('64M'), 67108864);
-    assert.strictEqual(parseSize('10G'), 10737418240);
-    assert.strictEqual(parseSize('2T'), 2199023255552);
-    assert.strictEqual(parseSize(' 1 mib '), 1048576);
-    assert.strictEqual(parseSize('4KB'), 4096);
-    assert.strictEqual(parseSize('1P'), 1125899906842624);
+    const sizes: Array<[string, number]> = [
+      ['1474560', 1474560], ['512K', 524288], ['64M', 67108864], ['10G', 10737418240], ['2T', 2199023255552],
+      [' 1 mib ', 1048576], ['4KB', 4096], ['1P', 1125899906842624],
+    ];
+    for (const [text, bytes] of sizes) assert.strictEqual(parseSize(text), bytes, text);
   });
 
   it('fractional sizes round down to whole 512-byte sectors', () => {
