@@ -12,6 +12,12 @@ import { parse, parseIntArg } from './args';
 import { planListen } from './serve-listen';
 import { CliError, UsageError } from './errors';
 import { helpText } from './help';
+import { METRICS_USAGE, parseMetricsArg } from './metrics-arg';
+import { newQueueCounters, QueueCounters, readCounters, type DeviceCounters } from '../stats/device-counters';
+import { MetricsServer } from '../stats/metrics-server';
+import { renderMetrics } from '../stats/prometheus';
+import { zeroCounters } from '../stats/report';
+import { StatsSocket } from '../stats/stats-socket';
 
 export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--size SIZE] [--name EXPORT] [--read-only]
                           [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
@@ -28,7 +34,10 @@ export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--
   --name NAME   the export's name (default: "", the default export)
   --read-only   refuse writes
   --max-connections N  clients served at once; more are closed at once (default ${SERVER_DEFAULTS.maxConnections})
-  --handshake-timeout S  a client still negotiating after S seconds is closed (default ${SERVER_DEFAULTS.handshakeTimeoutMs / 1000})`;
+  --handshake-timeout S  a client still negotiating after S seconds is closed (default ${SERVER_DEFAULTS.handshakeTimeoutMs / 1000})
+  ${METRICS_USAGE}
+  --stats-socket PATH  answer \`netdisk-ublk stats --socket PATH\` there: requests and latency of the
+                  store's I/O by operation, connections, bytes held for requests in flight`;
 
 export async function serve(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {
@@ -41,6 +50,8 @@ export async function serve(argv: string[]): Promise<number> {
     'tls-psk': { type: 'string' },
     'max-connections': { type: 'string' },
     'handshake-timeout': { type: 'string' },
+    metrics: { type: 'string' },
+    'stats-socket': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   }, 'serve');
   if (values.help) {
@@ -82,7 +93,11 @@ export async function serve(argv: string[]): Promise<number> {
     throw err;
   }
   const settings = { maxConnections, handshakeTimeoutMs: handshakeTimeoutS === undefined ? undefined : handshakeTimeoutS * 1000 };
-  const server = new NbdServer({ exports: [{ name: exportName, store }], log, tls, settings });
+  const metricsAt = parseMetricsArg(values.metrics, 'serve');
+  const counters = new QueueCounters(newQueueCounters());
+  const server = new NbdServer({ exports: [{ name: exportName, store }], log, tls, settings, counters });
+  const read = (): DeviceCounters => readCounters([counters.buffer]);
+  const extra = (): Record<string, number> => ({ connections: server.connections, 'bytes held': server.bytesHeld });
   const where = plan.address;
   try {
     if ('path' in where) await server.listenUnix(where.path);
@@ -93,7 +108,28 @@ export async function serve(argv: string[]): Promise<number> {
     const what = 'path' in where ? where.path : `${where.host}:${where.port}`;
     throw new CliError(`serve: cannot listen on ${what}: ${e.code ?? e.message}${e.code === 'EADDRINUSE' && 'path' in where ? ' (a server is running there)' : ''}`);
   }
-  log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, io: store.engine, listen: server.addressText(), tls: plan.tls }, 'serving');
+  let metrics: MetricsServer | undefined;
+  let stats: StatsSocket | undefined;
+  try {
+    if (metricsAt) {
+      metrics = await MetricsServer.listen(metricsAt, () => renderMetrics(['export', exportName], read(), [
+        ['connections', 'Client connections open now.', server.connections],
+        ['bytes_held', 'Bytes held for requests and replies in flight.', server.bytesHeld],
+      ]));
+    }
+    if (values['stats-socket'] !== undefined) {
+      stats = await StatsSocket.listen(values['stats-socket'], {
+        name: `export "${exportName}"`, detail: image, start: zeroCounters(Date.now()), read, extra,
+      });
+    }
+  } catch (err) {
+    await metrics?.close();
+    await server.close();
+    const e = err as NodeJS.ErrnoException;
+    throw new CliError(`serve: ${metrics || !metricsAt ? '--stats-socket' : '--metrics'}: cannot listen: ${e.code ?? e.message}`);
+  }
+  log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, io: store.engine, listen: server.addressText(), tls: plan.tls,
+    ...(metrics ? { metrics: metrics.text } : {}) }, 'serving');
   systemd.ready(`serving ${image} (${formatSize(store.size)}) as export "${exportName}" on ${server.addressText()}`);
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
@@ -107,6 +143,8 @@ export async function serve(argv: string[]): Promise<number> {
     process.on('SIGTERM', stop);
   });
   await server.close();
+  await stats?.close();
+  await metrics?.close();
   log.info('stopped');
   return 0;
 }

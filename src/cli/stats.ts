@@ -11,7 +11,7 @@ import { parse, parseIntArg } from './args';
 import { CliError, UsageError } from './errors';
 import { helpText } from './help';
 
-export const STATS_USAGE = `usage: netdisk-ublk stats [ID] [--json] [--watch [S]] [--interval S]
+export const STATS_USAGE = `usage: netdisk-ublk stats [ID | --socket PATH] [--json] [--watch [S]] [--interval S]
   What a running device does (all devices without ID), from its daemon: requests and MB per
   second, flush, discard and write-zeroes counts, requests in flight (now and peak), latency
   percentiles per operation (p50, p99, p99.9 over the last interval and since start),
@@ -19,13 +19,15 @@ export const STATS_USAGE = `usage: netdisk-ublk stats [ID] [--json] [--watch [S]
   --interval S   the interval the rates cover (default 1)
   --watch [S]    print again every S seconds (default 1) until interrupted; on a terminal
                  the table is redrawn in place, otherwise one line per device and interval
-  --json         the reports as JSON, one line each`;
+  --json         the reports as JSON, one line each
+  --socket PATH  a stats socket by its path: a store's (serve --stats-socket PATH), or a device's`;
 
 export async function stats(argv: string[]): Promise<number> {
   const { rest, watch } = takeWatch(argv);
   const { values, positionals } = parse(rest, {
     json: { type: 'boolean' },
     interval: { type: 'string' },
+    socket: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   }, 'stats');
   if (values.help) {
@@ -34,17 +36,19 @@ export async function stats(argv: string[]): Promise<number> {
   }
   if (positionals.length > 1) throw new UsageError(`stats: unexpected argument "${positionals[1]}"\n${STATS_USAGE}`);
   const interval = watch ?? parseIntArg(values.interval, '--interval', 1, 3600) ?? 1;
-  const ids = positionals[0] === undefined ? recordIds() : [parseIntArg(positionals[0], 'device ID', 0, 1_048_575) as number];
-  const clients: Array<{ id: number; c: StatsClient }> = [];
-  for (const id of ids) {
+  if (values.socket !== undefined && positionals.length > 0) throw new UsageError('stats: give an ID or --socket PATH, not both');
+  const named = values.socket !== undefined || positionals[0] !== undefined;
+  const paths = values.socket !== undefined ? [values.socket]
+    : positionals[0] === undefined ? recordIds().map(statsSocketPath)
+      : [statsSocketPath(parseIntArg(positionals[0], 'device ID', 0, 1_048_575) as number)];
+  const clients: StatsClient[] = [];
+  for (const p of paths) {
     try {
-      clients.push({ id, c: await StatsClient.connect(statsSocketPath(id)) });
+      clients.push(await StatsClient.connect(p));
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-      // Asked for by id: say why not. Listing all: a device whose daemon is gone has nothing to tell.
-      if (positionals[0] !== undefined) {
-        throw new CliError(`stats: no running daemon for device ${id} (${statsSocketPath(id)}: ${code})`);
-      }
+      // Asked for by name: say why not. Listing all: a device whose daemon is gone has nothing to tell.
+      if (named) throw new CliError(`stats: nothing answers at ${p} (${code}): is its daemon running?`);
     }
   }
   if (clients.length === 0) throw new CliError('stats: no running netdisk-ublk device');
@@ -54,11 +58,11 @@ export async function stats(argv: string[]): Promise<number> {
   process.once('SIGINT', onSignal);
   try {
     // The first answer only starts each connection's interval.
-    await Promise.all(clients.map((x) => x.c.ask()));
+    await Promise.all(clients.map((c) => c.ask()));
     do {
       await sleepUnless(interval * 1000, () => stop);
       if (stop) break;
-      const reports: StatsReport[] = await Promise.all(clients.map((x) => x.c.ask()));
+      const reports: StatsReport[] = await Promise.all(clients.map((c) => c.ask()));
       let out: string;
       if (values.json) out = reports.map((r) => JSON.stringify(r)).join('\n') + '\n';
       else if (watch !== undefined && !tty) out = reports.map(renderLine).join('\n') + '\n';
@@ -69,7 +73,7 @@ export async function stats(argv: string[]): Promise<number> {
     throw new CliError(`stats: ${(err as Error).message}`);
   } finally {
     process.off('SIGINT', onSignal);
-    for (const x of clients) x.c.close();
+    for (const c of clients) c.close();
   }
   return 0;
 }

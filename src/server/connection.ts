@@ -17,6 +17,7 @@ import { ServerSettings, serverSettings } from './settings';
 import { Store } from './store/store';
 import { ServerTls, startServerTls } from './tls';
 import { ExportLimits, toNbdErrno, validateRequest } from './validate';
+import type { QueueCounters } from '../stats/device-counters';
 
 export interface Export {
   name: string;
@@ -34,7 +35,14 @@ export interface ConnectionOptions {
   budget?: ByteBudget;
   /** TLS offered (on) or required (require); absent: NBD_OPT_STARTTLS is refused. */
   tls?: ServerTls;
+  /** Counts every request that reaches the store, with its latency (stats, metrics). */
+  counters?: QueueCounters;
 }
+
+/** NBD command -> its slot in the counters (stats/device-counters.ts OPS). */
+const COUNTED_OP: Record<number, number> = {
+  [C.Cmd.READ]: 0, [C.Cmd.WRITE]: 1, [C.Cmd.FLUSH]: 2, [C.Cmd.TRIM]: 3, [C.Cmd.WRITE_ZEROES]: 4,
+};
 
 const enum State {
   ClientFlags,
@@ -430,12 +438,13 @@ export class ServerConnection {
     const errno = validateRequest(h.type, h.flags, h.offset, h.length, this.limits as ExportLimits);
     if (errno !== 0) return this.sendError(h, errno, cost);
     this.inFlight++;
+    const began = this.opts.counters?.start() ?? 0;
     const fua = (h.flags & C.CMD_FLAG_FUA) !== 0;
-    const done = (err: Error | null): void => this.finish(h, err, null, cost);
+    const done = (err: Error | null): void => this.finish(h, err, null, cost, began);
     switch (h.type) {
       case C.Cmd.READ: {
         const out = takeReplyBuffer(C.SIMPLE_REPLY_BYTES + h.length);
-        store.read(out, C.SIMPLE_REPLY_BYTES, h.length, h.offset, (err) => this.finish(h, err, out, cost));
+        store.read(out, C.SIMPLE_REPLY_BYTES, h.length, h.offset, (err) => this.finish(h, err, out, cost, began));
         return;
       }
       case C.Cmd.WRITE:
@@ -450,8 +459,10 @@ export class ServerConnection {
   }
 
   /** The reply is charged as it is handed to the socket; then the request's charge comes back. */
-  private finish(h: codec.RequestHeader, err: Error | null, readBuf: Buffer | null, cost: number): void {
+  private finish(h: codec.RequestHeader, err: Error | null, readBuf: Buffer | null, cost: number, began: number): void {
     this.inFlight--;
+    this.opts.counters?.record(COUNTED_OP[h.type] as number, began, err ? 0 : h.type === C.Cmd.READ || h.type === C.Cmd.WRITE ? h.length : 0,
+      err ? toNbdErrno(err) : 0);
     if (err) {
       this.log.warn({ err, cmd: C.CMD_NAMES[h.type], offset: h.offset, length: h.length }, 'store error');
       if (readBuf) releaseReplyBuffer(readBuf);

@@ -8,6 +8,7 @@ import { ByteBudget } from './byte-budget';
 import { Export, ServerConnection } from './connection';
 import { ServerSettings, serverSettings } from './settings';
 import { ServerTls } from './tls';
+import type { QueueCounters } from '../stats/device-counters';
 
 export interface ServerOptions {
   exports: Export[];
@@ -16,6 +17,8 @@ export interface ServerOptions {
   settings?: Partial<ServerSettings>;
   /** TLS offered or required on every connection; absent: clear text only. */
   tls?: ServerTls;
+  /** Counts the requests of every connection (stats, metrics). */
+  counters?: QueueCounters;
 }
 
 /** Where the server listens: TCP, or a unix socket path. */
@@ -81,6 +84,11 @@ export class NbdServer {
     return this.server.address() as net.AddressInfo;
   }
 
+  /** Bytes held for requests and replies in flight, all connections together. */
+  get bytesHeld(): number {
+    return this.budget.used;
+  }
+
   get connections(): number {
     return this.conns.size;
   }
@@ -121,6 +129,7 @@ export class NbdServer {
       settings: this.settings,
       budget: this.budget,
       tls: this.opts.tls,
+      counters: this.opts.counters,
     });
     this.conns.add(conn);
     void conn.closed.then(() => {

@@ -43,26 +43,35 @@ export class QueueCounters {
   private readonly began: Float64Array;
   private readonly opOf: Uint8Array;
 
-  constructor(buf: SharedArrayBuffer, depth: number) {
-    this.a = new Float64Array(buf);
+  constructor(readonly buffer: SharedArrayBuffer, depth = 0) {
+    this.a = new Float64Array(buffer);
     this.began = new Float64Array(depth);
     this.opOf = new Uint8Array(depth);
   }
 
   /** `op` is an index into OPS. */
   begin(tag: number, op: number): void {
-    const a = this.a;
-    this.began[tag] = performance.now();
+    this.began[tag] = this.start();
     this.opOf[tag] = op;
-    const n = ++a[IN_FLIGHT]!;
-    if (n > a[PEAK]!) a[PEAK] = n;
   }
 
   /** The request on `tag` completed with `bytes` moved, or failed with errno (> 0). */
   end(tag: number, bytes: number, errno: number): void {
+    this.record(this.opOf[tag]!, this.began[tag]!, bytes, errno);
+  }
+
+  /** A request without a tag (the server's) begins: its start time, for record(). */
+  start(): number {
     const a = this.a;
-    const op = this.opOf[tag]!;
-    const us = (performance.now() - this.began[tag]!) * 1000;
+    const n = ++a[IN_FLIGHT]!;
+    if (n > a[PEAK]!) a[PEAK] = n;
+    return performance.now();
+  }
+
+  /** A request of op `op` that start() returned `began` for has ended. */
+  record(op: number, began: number, bytes: number, errno: number): void {
+    const a = this.a;
+    const us = (performance.now() - began) * 1000;
     a[IN_FLIGHT]!--;
     const o = OP_BASE + op * OP_SLOTS;
     a[o]!++;

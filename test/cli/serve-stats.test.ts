@@ -1,0 +1,87 @@
+// serve's side of stats and metrics: while qemu-io and nbdcopy work against it, the
+// Prometheus endpoint (scraped with Node's plain HTTP client) and `stats --socket` count
+// the requests by operation, the bytes, the store's latency and the connections.
+import * as assert from 'assert';
+import * as http from 'http';
+import * as path from 'path';
+import type { StatsReport } from '../../src/stats/report';
+import { makeImage, MiB, tempDir } from '../helpers/images';
+import { freePort, HOST } from '../helpers/net';
+import { qemuIo, requirePeer } from '../helpers/peers';
+import { cleanupAfterEach, run, runOk } from '../helpers/procs';
+import { cliPath, serveImage } from '../helpers/serve';
+
+function scrape(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: HOST, port, path: '/metrics' }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (s: string) => { body += s; });
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
+    }).on('error', reject);
+  });
+}
+
+function sample(body: string, name: string, labels: string): number {
+  const line = body.split('\n').find((l) => l.startsWith(`${name}{export="disk"${labels}} `));
+  assert.ok(line, `no ${name}{${labels}} in:\n${body}`);
+  return Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+describe('cli: serve --metrics and --stats-socket', function () {
+  this.timeout(120_000);
+  const cleanup = cleanupAfterEach();
+  before(() => {
+    requirePeer('qemu-io');
+    requirePeer('nbdcopy');
+  });
+
+  it('counts qemu-io\'s and nbdcopy\'s requests; /metrics and stats agree', async () => {
+    const dir = tempDir(cleanup);
+    const image = makeImage(dir, 'disk.img', 8 * MiB, 'zero');
+    const mport = await freePort();
+    const sock = path.join(dir, 'serve.stats.sock');
+    const srv = await serveImage(cleanup, image, { name: 'disk', args: ['--metrics', `:${mport}`, '--stats-socket', sock] });
+    const before = await scrape(mport);
+    assert.strictEqual(sample(before, 'netdisk_ublk_requests_total', ',op="write"'), 0);
+
+    const q = await qemuIo(srv.uri('disk'), ['write -P 0x5a 0 1M', 'read -P 0x5a 0 1M', 'flush', 'discard 1M 1M', 'write -z 2M 64k']);
+    assert.strictEqual(q.code, 0, q.stderr);
+    await runOk('nbdcopy', [srv.uri('disk'), path.join(dir, 'copy.img')]);
+
+    const m = await scrape(mport);
+    const writes = sample(m, 'netdisk_ublk_requests_total', ',op="write"');
+    assert.ok(writes >= 1, `writes ${writes}`);
+    assert.strictEqual(sample(m, 'netdisk_ublk_bytes_total', ',op="write"'), 1 * MiB);
+    // qemu-io read 1 MiB; nbdcopy read all 8 MiB (or skipped holes and zeroes it learned of).
+    assert.ok(sample(m, 'netdisk_ublk_bytes_total', ',op="read"') >= 1 * MiB);
+    assert.ok(sample(m, 'netdisk_ublk_requests_total', ',op="flush"') >= 1);
+    assert.ok(sample(m, 'netdisk_ublk_requests_total', ',op="discard"') >= 1);
+    assert.ok(sample(m, 'netdisk_ublk_requests_total', ',op="write_zeroes"') >= 1);
+    assert.strictEqual(sample(m, 'netdisk_ublk_requests_in_flight', ''), 0);
+    assert.strictEqual(sample(m, 'netdisk_ublk_request_duration_seconds_count', ',op="write"'), writes);
+    assert.ok(sample(m, 'netdisk_ublk_request_duration_seconds_sum', ',op="write"') > 0);
+    assert.strictEqual(sample(m, 'netdisk_ublk_connections', ''), 0);
+
+    const r = await run(process.execPath, [cliPath(), 'stats', '--socket', sock, '--json']);
+    assert.strictEqual(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout.toString()) as StatsReport;
+    assert.strictEqual(s.name, 'export "disk"');
+    assert.strictEqual(s.total.ops.write.requests, writes);
+    assert.strictEqual(s.total.ops.write.bytes, 1 * MiB);
+    assert.ok(s.total.ops.write.p50Us !== null && s.total.ops.write.p50Us > 0);
+    assert.deepStrictEqual(s.extra, { connections: 0, 'bytes held': 0 });
+    const screen = await run(process.execPath, [cliPath(), 'stats', '--socket', sock]);
+    assert.match(screen.stdout.toString(), /^export "disk" +.*disk\.img +up /);
+    assert.match(screen.stdout.toString(), /^connections 0 {2}bytes held 0$/m);
+  });
+
+  it('a --metrics address in use: exit 1 naming it', async () => {
+    const dir = tempDir(cleanup);
+    const first = await serveImage(cleanup, makeImage(dir, 'a.img', MiB, 'zero'));
+    const r = await run(process.execPath, [cliPath(), 'serve', path.join(dir, 'b.img'), '--size', '1M', '--listen', `${HOST}:0`,
+      '--metrics', `${HOST}:${first.port}`]);
+    assert.strictEqual(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^netdisk-ublk serve: --metrics: cannot listen: EADDRINUSE$/m);
+  });
+});
