@@ -19,6 +19,7 @@ export interface DeviceGeometry {
 }
 
 const SECTOR = 512;
+const MAX_LOGICAL_BLOCK = 4096;
 // NBD lengths are 32-bit; keep discard and write-zeroes requests well inside that.
 const MAX_RANGE_SECTORS = (2 ** 31) / SECTOR;
 
@@ -26,9 +27,29 @@ function log2(n: number): number {
   return 31 - Math.clz32(n);
 }
 
+/** The logical block must cover the server's minimum block size (ublk accepts 512..4096). */
+function logicalBlockFor(minBlock: number): number {
+  return Math.min(MAX_LOGICAL_BLOCK, Math.max(SECTOR, 2 ** Math.ceil(log2(Math.max(1, minBlock)))));
+}
+
+/**
+ * Why the device cannot keep to the export's size constraints, or null. proto.md "Size
+ * constraints": a client that asked for NBD_INFO_BLOCK_SIZE (ours does) MUST abide by them,
+ * and a ublk device's logical block is 512 to 4096 bytes.
+ */
+export function unsupportedConstraints(exp: ExportCaps): string | null {
+  if (exp.minBlock > MAX_LOGICAL_BLOCK) {
+    return `the export's minimum block size is ${exp.minBlock} bytes, larger than the ${MAX_LOGICAL_BLOCK}-byte blocks a ublk device can have`;
+  }
+  const logicalBlock = logicalBlockFor(exp.minBlock);
+  if (exp.maxPayload < logicalBlock) {
+    return `the export's maximum payload (${exp.maxPayload} bytes) is smaller than one ${logicalBlock}-byte block`;
+  }
+  return null;
+}
+
 export function deviceGeometry(exp: ExportCaps, maxIoBufBytes: number): DeviceGeometry {
-  // The logical block must cover the server's minimum block size (ublk accepts 512..4096).
-  const logicalBlock = Math.min(4096, Math.max(SECTOR, 2 ** Math.ceil(log2(Math.max(1, exp.minBlock)))));
+  const logicalBlock = logicalBlockFor(exp.minBlock);
   const physicalBlock = Math.max(logicalBlock, Math.min(4096, 2 ** log2(Math.max(SECTOR, exp.preferredBlock))));
   const maxBytes = Math.min(maxIoBufBytes, exp.maxPayload);
   const maxSectors = Math.floor(maxBytes / logicalBlock) * (logicalBlock / SECTOR);

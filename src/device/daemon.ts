@@ -15,7 +15,7 @@ import {
   UBLK_CONTROL_PATH, UblkCtrl, UblkError, UblkFlag, UblkState, blockDevPath, closeCharDev, flagNames, flagSet, openCharDev, type DevInfo,
 } from '../ublk';
 import { newQueueCounters, readCounters, type DeviceCounters } from '../stats/device-counters';
-import { deviceGeometry } from './capabilities';
+import { deviceGeometry, unsupportedConstraints } from './capabilities';
 import { remoteAddress, type DeviceConfig } from './config';
 import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './queue-worker';
 import { readRecord, removeRecord, writeRecord, type DeviceRecord } from './state';
@@ -107,6 +107,8 @@ export class DeviceDaemon {
       this.log.warn({ queues }, 'the server does not advertise multi-conn: using one queue and one connection');
       queues = 1;
     }
+    const unsupported = unsupportedConstraints(info);
+    if (unsupported !== null) throw new DaemonError(`export "${c.remote.exportName}" on ${this.remote}: ${unsupported}`);
     const geo = deviceGeometry(info, c.maxIoBufBytes);
     if (geo.deviceBytes === 0) throw new DaemonError(`export "${c.remote.exportName}" on ${this.remote} is smaller than one block (${info.size} bytes)`);
     if (geo.deviceBytes !== info.size) {

@@ -54,6 +54,8 @@ export interface RequestOwner {
 }
 
 const MAX_OPTION_REPLY_BYTES = 64 * 1024;
+// After NBD_OPT_ABORT, how long the server has to close before we do.
+const ABORT_LINGER_MS = 1000;
 
 export class NbdClient extends EventEmitter implements TransportOwner {
   readonly info: ExportInfo;
@@ -191,8 +193,19 @@ export class NbdClient extends EventEmitter implements TransportOwner {
         },
       ).catch((err: unknown) => {
         clearTimeout(timer);
-        io.sock.destroy();
-        sock.destroy();
+        if (err instanceof NbdHandshakeError && err.replyType !== undefined && !io.sock.destroyed) {
+          // The server refused with an error reply: proto.md "Termination of the session
+          // during option haggling" has the client end with a soft disconnect, NBD_OPT_ABORT
+          // (a MUST after NBD_REP_ERR_SHUTDOWN). The server then closes; if it does not, we do.
+          io.sock.end(codec.encodeOption(C.Opt.ABORT, Buffer.alloc(0)));
+          setTimeout(() => {
+            io.sock.destroy();
+            sock.destroy();
+          }, ABORT_LINGER_MS).unref();
+        } else {
+          io.sock.destroy();
+          sock.destroy();
+        }
         // The handshake's own error says more than the socket event behind it (a refused
         // EXPORT_NAME is seen as a close, and rethrown naming the export).
         reject(err instanceof NbdError ? err : failure ?? (err instanceof Error ? err : new Error(String(err))));
@@ -280,6 +293,18 @@ export class NbdClient extends EventEmitter implements TransportOwner {
     return this.closing;
   }
 
+  /**
+   * proto.md "Terminating the transmission phase": a client that receives NBD_ESHUTDOWN
+   * MUST initiate a soft disconnect. NBD_CMD_DISC goes out now, after the requests already
+   * queued and before anything else (new ones fail); replies still in flight are read.
+   */
+  private softDisconnect(): void {
+    if (this.closing || this.dead) return;
+    const disc = Buffer.allocUnsafe(C.REQUEST_HEADER_BYTES);
+    codec.writeRequestHeader(disc, 0, C.Cmd.DISC, 0, 0, 0, 0);
+    this.closing = this.transport.end(disc);
+  }
+
   /** Drops the connection now (a reset: see StreamTransport.abort()); requests in flight fail with err. */
   destroy(err?: NbdConnectionError): void {
     this.kill(err ?? new NbdConnectionError('client destroyed'));
@@ -310,6 +335,7 @@ export class NbdClient extends EventEmitter implements TransportOwner {
       return null;
     }
     if (error !== 0) {
+      if (error === C.NBD_ESHUTDOWN) this.softDisconnect();
       this.complete(s, new NbdRequestError(error, C.CMD_NAMES[s.type] ?? `command ${s.type}`));
       return null;
     }

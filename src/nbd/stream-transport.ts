@@ -106,6 +106,7 @@ export class StreamTransport implements NbdTransport {
   }
 
   end(last: Buffer): Promise<void> {
+    this.sendQueued(); // what was queued goes first
     this.sock.end(last);
     return new Promise<void>((r) => (this.sock.destroyed ? r() : this.sock.once('close', () => r())));
   }
@@ -122,7 +123,9 @@ export class StreamTransport implements NbdTransport {
     // Under TLS the reset goes on the socket beneath, before the TLS socket's destroy could
     // end it with a FIN.
     if (!raw.destroyed) {
-      if (raw.connecting || raw.remoteAddress === undefined) raw.destroy(); // nothing sent yet, or a unix socket (no reset there)
+      // Nothing sent yet, or a unix socket (no reset there), or the write side already ended
+      // (DISC sent: libuv cannot reset a socket after its shutdown, and the handle would leak).
+      if (raw.connecting || raw.remoteAddress === undefined || raw.writableEnded) raw.destroy();
       else raw.resetAndDestroy();
     }
     if (sock !== raw) sock.destroy();

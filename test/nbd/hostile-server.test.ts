@@ -398,4 +398,97 @@ describe('client against a misbehaving server', function () {
         (e: NbdError) => e.code === 'NBD_HANDSHAKE' && /other/.test(e.message));
     });
   });
+
+  describe('proto.md client requirements (test/CONFORMANCE.md)', function () {
+    it('handshake flags it does not know are ignored; the client flags are only what was offered', async function () {
+      let clientFlags = -1;
+      const c = await client(async (s) => {
+        s.write(greeting(0xfffd)); // every bit but NO_ZEROES
+        clientFlags = (await s.read(4)).readUInt32BE(0);
+        await readOption(s, false);
+        s.write(Buffer.concat([optReply(7, 3, infoExport()), optReply(7, 1)]));
+        await s.untilClosed();
+      });
+      assert.strictEqual(c.size, SIZE);
+      assert.strictEqual(clientFlags, 1, 'NBD_FLAG_C_FIXED_NEWSTYLE alone');
+    });
+
+    it('unknown transmission flags and information types are ignored, whatever their order', async function () {
+      let infoAsks: number[] = [];
+      const c = await client(async (s) => {
+        s.write(greeting());
+        const go = await readOption(s);
+        const n = go.data.readUInt32BE(0);
+        const count = go.data.readUInt16BE(4 + n);
+        infoAsks = Array.from({ length: count }, (_, i) => go.data.readUInt16BE(6 + n + 2 * i));
+        s.write(Buffer.concat([
+          optReply(7, 3, Buffer.concat([u16(0x7777), Buffer.from('what is this')])),
+          optReply(7, 3, Buffer.concat([u16(3), u32(512), u32(4096), u32(1 << 20)])),
+          optReply(7, 3, infoExport(SIZE, FLAGS | 0x8000 | 0x1000)),
+          optReply(7, 1),
+        ]));
+        await s.untilClosed();
+      });
+      assert.strictEqual(new Set(infoAsks).size, infoAsks.length, 'an information request listed twice');
+      assert.deepStrictEqual([c.size, c.canTrim, c.canZero, c.canFua, c.readOnly], [SIZE, true, true, true, false]);
+      assert.deepStrictEqual([c.info.minBlock, c.info.maxPayload], [512, 1 << 20]);
+    });
+
+    it('no option is sent before the final reply to the one before', async function () {
+      const { port } = await fakeServer(cleanup, async (s) => {
+        s.write(greeting());
+        const go = await readOption(s);
+        const before = s.receivedBytes;
+        await new Promise((r) => setTimeout(r, 50));
+        assert.strictEqual(s.receivedBytes, before, 'the client sent more before the reply to GO');
+        s.write(optReply(go.opt, 0x80000001));
+        const en = await readOption(s, false);
+        assert.strictEqual(en.opt, 1);
+        s.write(Buffer.concat([u64(SIZE), u16(FLAGS)]));
+        await s.untilClosed();
+      });
+      const c = await connect(port);
+      cleanup.add(() => c.destroy());
+      assert.strictEqual(c.size, SIZE);
+    });
+
+    for (const [name, type] of [['NBD_REP_ERR_SHUTDOWN', 0x80000007], ['NBD_REP_ERR_UNKNOWN', 0x80000006], ['NBD_REP_ERR_POLICY', 0x80000002]] as const) {
+      it(`GO refused with ${name}: the client ends with NBD_OPT_ABORT (a soft disconnect)`, async function () {
+        let next = -1;
+        const { port, errors } = await fakeServer(cleanup, async (s) => {
+          s.write(greeting());
+          await readOption(s);
+          s.write(optReply(7, type));
+          next = (await readOption(s, false)).opt;
+          s.write(optReply(2, 1));
+          s.sock.end();
+        });
+        await assert.rejects(connect(port), (e: NbdError) => e.code === 'NBD_HANDSHAKE');
+        while (next === -1 && errors.length === 0) await new Promise((r) => setTimeout(r, 5));
+        assert.deepStrictEqual(errors, []);
+        assert.strictEqual(next, 2, 'NBD_OPT_ABORT');
+      });
+    }
+
+    it('NBD_ESHUTDOWN: NBD_CMD_DISC follows the requests already sent, nothing after it; replies in flight still land', async function () {
+      const seen: number[] = [];
+      const c = await client(async (s) => {
+        await handshake(s);
+        const a = await readRequest(s);
+        const b = await readRequest(s);
+        s.write(reply(a.cookie, 108));
+        const disc = await readRequest(s);
+        seen.push(disc.type);
+        s.write(Buffer.concat([reply(b.cookie), dataAt(b.offset, b.length)]));
+        seen.push((await s.untilClosed()).length);
+      });
+      const a = c.read(0, 512);
+      const b = c.read(4096, 512);
+      await assert.rejects(a, (e: NbdError) => e instanceof NbdRequestError && e.errno === 108);
+      assert.ok((await b).equals(dataAt(4096, 512)));
+      await assert.rejects(c.read(0, 512), (e: NbdError) => e.code === 'NBD_CONNECTION');
+      while (seen.length < 2) await new Promise((r) => setTimeout(r, 5));
+      assert.deepStrictEqual(seen, [2, 0], 'DISC, then nothing');
+    });
+  });
 });
