@@ -18,7 +18,9 @@ import { openKeyFiles, parseRemoteArg, REMOTE_USAGE } from './remote-arg';
 import { helpText } from './help';
 
 export const ADD_USAGE = `usage: netdisk-ublk add --remote URI|HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N]
-                        [--max-io SIZE] [--timeout S] [--fail-after S] [--foreground] [--json]
+                        [--max-io SIZE] [--timeout S] [--fail-after S] [--foreground] [--json] [--metrics WHERE]
+       netdisk-ublk add --from FILE --id N [--foreground] [--json] [--metrics WHERE]
+       netdisk-ublk add --all-from FILE [--json]
   Creates /dev/ublkbN backed by the NBD export --remote names; its size comes from the
   server. Returns once the device is live; the daemon keeps serving it.
   --remote       ${REMOTE_USAGE}

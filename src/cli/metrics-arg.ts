@@ -4,7 +4,8 @@ import type { MetricsAddress } from '../stats/metrics-server';
 import { parseHostPort } from './args';
 import { UsageError } from './errors';
 
-export const METRICS_USAGE = `--metrics WHERE Prometheus metrics at http://WHERE/metrics: HOST:PORT, :PORT (127.0.0.1) or unix:PATH`;
+export const METRICS_USAGE = `--metrics WHERE
+                 Prometheus metrics at http://WHERE/metrics: HOST:PORT, :PORT (127.0.0.1) or unix:PATH`;
 
 export function parseMetricsArg(text: string | undefined, command: string): MetricsAddress | undefined {
   if (text === undefined) return undefined;

@@ -21,7 +21,7 @@ import { StatsSocket } from '../stats/stats-socket';
 
 export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--size SIZE] [--name EXPORT] [--read-only]
                           [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
-                          [--max-connections N] [--handshake-timeout S]
+                          [--max-connections N] [--handshake-timeout S] [--metrics WHERE] [--stats-socket PATH]
   Serves IMAGE over NBD. Listens on 127.0.0.1:10809 unless --listen says otherwise.
   --listen WHERE  HOST[:PORT], unix:PATH, or an NBD URI: nbd://HOST[:PORT][/EXPORT],
                   nbd+unix:///[EXPORT]?socket=PATH; nbds:// and nbds+unix:// require TLS.

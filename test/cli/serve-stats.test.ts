@@ -76,6 +76,48 @@ describe('cli: serve --metrics and --stats-socket', function () {
     assert.match(screen.stdout.toString(), /^connections 0 {2}bytes held 0$/m);
   });
 
+  it('stats --watch: one line per interval into a pipe, the table redrawn on a terminal; SIGINT ends it with 0', async () => {
+    const dir = tempDir(cleanup);
+    const sock = path.join(dir, 'serve.stats.sock');
+    const srv = await serveImage(cleanup, makeImage(dir, 'disk.img', MiB, 'zero'), { name: 'disk', args: ['--stats-socket', sock] });
+    assert.strictEqual((await qemuIo(srv.uri('disk'), ['write 0 64k'])).code, 0);
+    // Python runs it until `count` intervals came out, then sends SIGINT: on a pipe, then on a pty.
+    const watch = (pty: boolean): Promise<{ code: number | null; stdout: Buffer }> => run('python3', ['-c', `
+import os, pty, signal, subprocess, sys
+argv, count, use_pty = sys.argv[3:], int(sys.argv[1]), sys.argv[2] == 'pty'
+if use_pty:
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(argv[0], argv)
+else:
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    pid, fd = p.pid, p.stdout.fileno()
+out = b''
+while out.count(b'export "disk"') < count:
+    try:
+        b = os.read(fd, 4096)
+    except OSError:
+        break
+    if not b:
+        break
+    out += b
+os.kill(pid, signal.SIGINT)
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+`, '3', pty ? 'pty' : 'pipe', process.execPath, cliPath(), 'stats', '--socket', sock, '--watch', '1']);
+    const piped = await watch(false);
+    assert.strictEqual(piped.code, 0);
+    const lines = piped.stdout.toString().trimEnd().split('\n');
+    assert.strictEqual(lines.length, 3, piped.stdout.toString());
+    for (const l of lines) assert.match(l, /^\d{4}-\d\d-\d\dT[\d:.]+Z export "disk" read 0\/s .* write 0\/s /);
+    const tty = await watch(true);
+    assert.strictEqual(tty.code, 0);
+    const screens = tty.stdout.toString().split('\x1b[H\x1b[2J').slice(1);
+    assert.ok(screens.length >= 3, tty.stdout.toString());
+    assert.match(screens[0] as string, /^export "disk" .*\r?\nop +req\/s +MB\/s/);
+  });
+
   it('a --metrics address in use: exit 1 naming it', async () => {
     const dir = tempDir(cleanup);
     const first = await serveImage(cleanup, makeImage(dir, 'a.img', MiB, 'zero'));
