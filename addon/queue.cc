@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "js-call.h"
 #include "ring-poll.h"
 #include "uapi/ublk_cmd.h"
 
@@ -78,10 +79,10 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     Napi::Env env = info.Env();
     if (!info[0].IsObject()) throw Napi::TypeError::New(env, "options must be an object");
     Napi::Object opts = info[0].As<Napi::Object>();
-    qid_ = static_cast<uint16_t>(IntOption(opts, "qid", 0, 4095));
-    depth_ = IntOption(opts, "depth", 1, uapi::kMaxQueueDepth);
-    bufBytes_ = IntOption(opts, "bufBytes", 1, 32u << 20);
-    charFd_ = static_cast<int>(IntOption(opts, "charFd", 0, INT32_MAX));
+    qid_ = static_cast<uint16_t>(UintOption(opts, "qid", 0, 4095));
+    depth_ = UintOption(opts, "depth", 1, uapi::kMaxQueueDepth);
+    bufBytes_ = UintOption(opts, "bufBytes", 1, 32u << 20);
+    charFd_ = static_cast<int>(UintOption(opts, "charFd", 0, INT32_MAX));
     Napi::Value encode = opts.Get("ioctlEncode");
     if (!encode.IsBoolean()) throw Napi::TypeError::New(env, "options.ioctlEncode must be a boolean");
     bool ioctlEncode = encode.As<Napi::Boolean>().Value();
@@ -112,19 +113,10 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       if (tags_ != nullptr) tags_->Release();
     }
     // napi_async_destroy is not safe while the environment is being torn down.
-    if (envGone_) static_cast<void>(asyncContext_.release());
+    if (envGone_) calls_.Abandon();
   }
 
  private:
-  static uint32_t IntOption(Napi::Object opts, const char* name, uint32_t min, uint32_t max) {
-    Napi::Value v = opts.Get(name);
-    if (!v.IsNumber()) throw Napi::TypeError::New(opts.Env(), std::string("options.") + name + " must be a number");
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= min && d <= max) || d != static_cast<double>(static_cast<uint32_t>(d)))
-      throw Napi::RangeError::New(opts.Env(), std::string("options.") + name + " out of range");
-    return static_cast<uint32_t>(d);
-  }
-
   void Setup(Napi::Env env) {
     const size_t page = PageSize();
 
@@ -207,7 +199,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     ready_ = Napi::Persistent(ready);
     onStopped_ = Napi::Persistent(info[2].As<Napi::Function>());
     onError_ = Napi::Persistent(info[3].As<Napi::Function>());
-    asyncContext_ = std::make_unique<Napi::AsyncContext>(env, "ublk:queue", Value());
+    calls_.Open(env, "ublk:queue", Value());
     // While polling, the loop references the queue; keep the object alive.
     Ref();
     started_ = true;
@@ -261,9 +253,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     onStopped_.Reset();
     onError_.Reset();
     ready_.Reset();
-    // close() from inside a callback: the context is still in use by the
-    // MakeCallback on the stack; Invoke drops it afterwards.
-    if (invoking_ == 0) asyncContext_.reset();
+    calls_.Close();
     // Detach first: from here on every Buffer view has length 0, so no JS read
     // can reach the memory released below.
     for (Napi::Reference<Napi::ArrayBuffer>* ref : {&descAb_, &tagAb_}) {
@@ -389,19 +379,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   }
 
   void Invoke(Napi::FunctionReference& fn, const std::initializer_list<napi_value>& args) {
-    if (fn.IsEmpty()) return;
-    Napi::Env env = Env();
-    invoking_++;
-    try {
-      // MakeCallback, not Call: entered from the event loop, this runs the
-      // microtask and nextTick queues afterwards, which is where queue.ts
-      // flushes the completions the handlers produced.
-      fn.MakeCallback(Value(), args, *asyncContext_);
-    } catch (const Napi::Error& e) {
-      // An exception thrown by the handler: report it like any uncaught one.
-      napi_fatal_exception(env, e.Value());
-    }
-    if (--invoking_ == 0 && closed_) asyncContext_.reset();
+    calls_.Invoke(Value(), fn, args);
   }
 
   uint16_t qid_ = 0;
@@ -431,9 +409,8 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   Napi::FunctionReference onStopped_;
   Napi::FunctionReference onError_;
   Napi::Reference<Napi::Uint16Array> ready_;
-  std::unique_ptr<Napi::AsyncContext> asyncContext_;
+  LoopCalls calls_;
 
-  int invoking_ = 0;
   bool started_ = false;
   bool stopped_ = false;
   bool closed_ = false;

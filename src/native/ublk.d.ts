@@ -52,6 +52,44 @@ export interface NativeQueueConstructor {
   new (options: NativeQueueOptions): NativeQueue;
 }
 
+export interface NativeRingSocketOptions {
+  /** A connected stream socket's fd (TCP or unix), after the NBD handshake. Never closed by the addon. */
+  fd: number;
+  /** Requests in flight at most: a request's slot (its cookie's low 32 bits) is below this. */
+  slots: number;
+}
+
+/**
+ * An NBD connection's data path on an io_uring of its own (addon/ring-socket.cc, the
+ * bytes in addon/nbd-ring.h), polled on the creating thread's loop. It knows the 16-byte
+ * simple reply and that a successful READ's reply is followed by the request's length of
+ * data; TypeScript decides everything else.
+ */
+export interface NativeRingSocket {
+  /**
+   * Starts receiving. Each wake-up, the reply headers that arrived (16 bytes each, a
+   * READ's only once its payload is in place) are copied to replies[0 .. 16 * count) and
+   * onReplies(count) is called once. A reply naming no request sent here is passed on and
+   * ends reception. When the connection fails (errno, or 0: the peer closed it), every
+   * operation is cancelled and reaped, then onClosed(errno) is called once.
+   */
+  start(onReplies: (count: number) => void, replies: Buffer, onClosed: (errno: number) => void): void;
+  /**
+   * Queues a request for the next flush(): header (28 bytes) and data (WRITE) leave in one
+   * sendmsg; into (READ, exactly its length) receives the payload. The Buffers must stay
+   * unchanged until the reply is passed on or close() returns. False once the connection failed.
+   */
+  queue(slot: number, gen: number, header: Buffer, data: Buffer | null, into: Buffer | null): boolean;
+  /** Sends what was queued as one linked chain, after the chain in flight if any. */
+  flush(): void;
+  /** Cancels and reaps every operation in flight, then releases the ring. Idempotent. */
+  close(): void;
+}
+
+export interface NativeRingSocketConstructor {
+  new (options: NativeRingSocketOptions): NativeRingSocket;
+}
+
 export interface UblkNative {
   /**
    * One control command on /dev/ublk-control, run on a thread of its own (START_DEV and
@@ -60,4 +98,5 @@ export interface UblkNative {
    */
   ctrlCommand(op: number, devId: number, queueId: number, data0: bigint, buf: Buffer | null): Promise<number>;
   Queue: NativeQueueConstructor;
+  RingSocket: NativeRingSocketConstructor;
 }

@@ -13,7 +13,7 @@ import { NbdConnectionError, NbdError, NbdHandshakeError, NbdProtocolError, NbdR
 import { RequestState, RequestTable, type NbdOp, type NbdRequest, type RequestCallback } from './request';
 import { TlsFileError } from './tls-files';
 import { RECV_BUFFER_BYTES, StreamTransport } from './stream-transport';
-import type { NbdTransport, TransportOwner } from './transport';
+import type { NbdTransport, TransportFactory, TransportOwner } from './transport';
 import type { NbdEndpoint, NbdTls } from './uri';
 
 /** Where an export is served: all a connection to it needs (an NBD URI, parsed). */
@@ -30,6 +30,8 @@ export interface ConnectOptions {
   socket?: string;
   /** TLS required (nbds): STARTTLS is the first option, and nothing goes out in clear text if it fails. */
   tls?: NbdTls | null;
+  /** The transport of a clear-text connection after its handshake (default: the stream transport). */
+  makeTransport?: TransportFactory;
 }
 
 export interface ExportInfo {
@@ -84,7 +86,7 @@ export class NbdClient extends EventEmitter implements TransportOwner {
   get canMultiConn(): boolean { return (this.info.flags & C.TFLAG_CAN_MULTI_CONN) !== 0; }
   get pending(): number { return this.inFlight; }
   get closed(): boolean { return this.dead !== null; }
-  /** How this connection's bytes move ('stream'). */
+  /** How this connection's bytes move ('stream' or 'ring'). */
   get transportKind(): string { return this.transport.kind; }
 
   static connect(opts: ConnectOptions): Promise<NbdClient> {
@@ -186,9 +188,17 @@ export class NbdClient extends EventEmitter implements TransportOwner {
             s.off('error', onError);
             s.off('close', onClose);
           }
-          stream = new StreamTransport(io.sock, sock, recvBuf);
-          const client = new NbdClient(stream, info);
-          stream.attach(client);
+          let t: NbdTransport;
+          if (opts.makeTransport !== undefined && io.sock === sock) {
+            // Bytes that still arrive through the socket's own reads (none, from a server
+            // that keeps to the protocol) are left unread in the handshake's queue.
+            t = opts.makeTransport(sock);
+          } else {
+            stream = new StreamTransport(io.sock, sock, recvBuf);
+            t = stream;
+          }
+          const client = new NbdClient(t, info);
+          t.attach(client);
           resolve(client);
         },
       ).catch((err: unknown) => {
@@ -307,8 +317,10 @@ export class NbdClient extends EventEmitter implements TransportOwner {
 
   /** Drops the connection now (a reset: see StreamTransport.abort()); requests in flight fail with err. */
   destroy(err?: NbdConnectionError): void {
-    this.kill(err ?? new NbdConnectionError('client destroyed'));
+    // The transport first: a ring transport's kernel I/O into request buffers must have
+    // stopped before the requests fail and their owners may let go of those buffers.
     this.transport.abort();
+    this.kill(err ?? new NbdConnectionError('client destroyed'));
   }
 
   private simple(type: number, flags: number, offset: number, length: number, data: Buffer | null): Promise<void> {
@@ -364,8 +376,8 @@ export class NbdClient extends EventEmitter implements TransportOwner {
 
   private protocolError(what: string): void {
     const err = new NbdProtocolError(`server broke the protocol: ${what}`);
+    this.transport.abort(); // first: see destroy()
     this.kill(new NbdConnectionError(err.message, { cause: err }));
-    this.transport.abort();
   }
 
   private kill(err: NbdConnectionError): void {

@@ -40,15 +40,12 @@ export class StreamTransport implements NbdTransport {
    * the socket's onread was set up with.
    */
   constructor(private readonly sock: net.Socket, private readonly raw: net.Socket, private readonly recvBuf: Buffer) {
-    // libuv exposes the descriptor of a connected TCP handle; without it, sends take the stream
-    // path. Over TLS the stream is the only path: the fd would carry clear text.
-    const fd = sock instanceof tls.TLSSocket ? -1 : (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-    this.fd = typeof fd === 'number' && fd >= 0 ? fd : -1;
+    // Over TLS the stream is the only path: the fd would carry clear text.
+    this.fd = sock instanceof tls.TLSSocket ? -1 : socketFd(sock);
     sock.on('error', (err) => this.closed(new NbdConnectionError(`connection error: ${err.message}`, { cause: err })));
     sock.on('close', () => this.closed(new NbdConnectionError('connection closed by the server')));
   }
 
-  /** The connection this transport reports to (once, before any byte is sent). */
   attach(owner: TransportOwner): void {
     this.owner = owner;
   }
@@ -111,24 +108,13 @@ export class StreamTransport implements NbdTransport {
     return new Promise<void>((r) => (this.sock.destroyed ? r() : this.sock.once('close', () => r())));
   }
 
-  /**
-   * Ends an abandoned connection with a reset rather than a FIN. A closed socket's queued
-   * bytes stay in the kernel, which keeps retransmitting them: after a network partition
-   * heals, writes from a connection given up for stalling could reach the store after newer
-   * writes to the same blocks sent over the next connection. A reset discards the queue.
-   */
+  /** Ends the connection now, with a reset (see resetSocket). */
   abort(): void {
     this.stop();
-    const { sock, raw } = this;
     // Under TLS the reset goes on the socket beneath, before the TLS socket's destroy could
     // end it with a FIN.
-    if (!raw.destroyed) {
-      // Nothing sent yet, or a unix socket (no reset there), or the write side already ended
-      // (DISC sent: libuv cannot reset a socket after its shutdown, and the handle would leak).
-      if (raw.connecting || raw.remoteAddress === undefined || raw.writableEnded) raw.destroy();
-      else raw.resetAndDestroy();
-    }
-    if (sock !== raw) sock.destroy();
+    resetSocket(this.raw);
+    if (this.sock !== this.raw) this.sock.destroy();
   }
 
   /**
@@ -218,6 +204,29 @@ export class StreamTransport implements NbdTransport {
     this.stop();
     this.owner?.onClosed(err);
   }
+}
+
+/**
+ * The descriptor libuv holds for a connected TCP or unix socket, or -1 (then only the
+ * stream can carry the bytes).
+ */
+export function socketFd(sock: net.Socket): number {
+  const fd = (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : -1;
+}
+
+/**
+ * Ends an abandoned connection with a reset rather than a FIN. A closed socket's queued
+ * bytes stay in the kernel, which keeps retransmitting them: after a network partition
+ * heals, writes from a connection given up for stalling could reach the store after newer
+ * writes to the same blocks sent over the next connection. A reset discards the queue.
+ */
+export function resetSocket(raw: net.Socket): void {
+  if (raw.destroyed) return;
+  // Nothing sent yet, or a unix socket (no reset there), or the write side already ended
+  // (DISC sent: libuv cannot reset a socket after its shutdown, and the handle would leak).
+  if (raw.connecting || raw.remoteAddress === undefined || raw.writableEnded) raw.destroy();
+  else raw.resetAndDestroy();
 }
 
 function sendQueuedTick(t: StreamTransport): void {

@@ -5,6 +5,7 @@
 // straight into the request's destination. That framing (a header, then for a successful
 // READ exactly `length` payload bytes) is all the NBD a transport knows: it is what lets a
 // READ's data land in place without a round trip through the connection.
+import type * as net from 'net';
 import type { NbdConnectionError } from './errors';
 import type { NbdRequest } from './request';
 
@@ -23,8 +24,10 @@ export interface TransportOwner {
 }
 
 export interface NbdTransport {
-  /** How the bytes move, for logs and the benchmark: 'stream' (a Node socket). */
+  /** How the bytes move, for logs and the benchmark: 'stream' (a Node socket) or 'ring' (io_uring). */
   readonly kind: string;
+  /** The connection this transport reports to (once, before any byte is sent). */
+  attach(owner: TransportOwner): void;
   /** Queues r's header (r.header, already written) and WRITE payload; a tick's requests leave together, in order. */
   send(r: NbdRequest): void;
   /** Sends `last` (NBD_CMD_DISC), ends the connection cleanly and resolves once it is closed. */
@@ -32,3 +35,10 @@ export interface NbdTransport {
   /** Ends the connection now, with a reset where the transport can (see stream-transport.ts). Queued bytes are dropped. */
   abort(): void;
 }
+
+/**
+ * Makes the transport of a clear-text connection once its handshake is done (TLS always
+ * takes the stream transport). The socket is connected, holds no unread bytes of ours, and
+ * stays owned by the transport from here on.
+ */
+export type TransportFactory = (sock: net.Socket) => NbdTransport;

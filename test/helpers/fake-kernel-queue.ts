@@ -47,6 +47,11 @@ export class FakeKernelQueue implements NativeQueue {
           return q;
         }
       } as unknown as UblkNative['Queue'],
+      RingSocket: class {
+        constructor() {
+          throw new Error('the fake kernel has no ring socket');
+        }
+      } as unknown as UblkNative['RingSocket'],
     };
   }
 

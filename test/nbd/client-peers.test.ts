@@ -1,9 +1,11 @@
 // Our client against three independent servers: nbdkit (memory plugin), nbd-server and
-// qemu-nbd. The export's flags are checked against what libnbd's nbdinfo reads from the
-// same server; data is checked against a model of the disk.
+// qemu-nbd, over both transports (Node's socket stream and io_uring). The export's flags
+// are checked against what libnbd's nbdinfo reads from the same server; data is checked
+// against a model of the disk.
 import * as assert from 'assert';
 import { randomBytes } from 'crypto';
 import { NbdClient } from '../../src/nbd/client';
+import { TRANSPORTS } from '../helpers/transports';
 import { NbdConnectionError, NbdError, NbdHandshakeError, NbdRequestError } from '../../src/nbd/errors';
 import { Cleanup, cleanupAfterAll } from '../helpers/procs';
 import { KiB, makeImage, MiB, tempDir } from '../helpers/images';
@@ -47,8 +49,8 @@ function exportName(p: Peer): string {
   return decodeURIComponent(p.uri().split('/').pop() ?? '');
 }
 
-for (const pc of PEERS) {
-  describe(`client against ${pc.name}`, function () {
+for (const tr of TRANSPORTS) for (const pc of PEERS) {
+  describe(`client (${tr.name} transport) against ${pc.name}`, function () {
     const cleanup = cleanupAfterAll();
     let peer: Peer;
     let c: NbdClient;
@@ -58,7 +60,8 @@ for (const pc of PEERS) {
       requirePeer(pc.binary);
       requirePeer('nbdinfo');
       peer = await pc.start(cleanup);
-      c = await NbdClient.connect({ host: HOST, port: peer.port, exportName: exportName(peer) });
+      c = await NbdClient.connect({ host: HOST, port: peer.port, exportName: exportName(peer), makeTransport: tr.make });
+      assert.strictEqual(c.transportKind, tr.name);
       cleanup.add(() => c.destroy());
     });
 
@@ -176,7 +179,7 @@ for (const pc of PEERS) {
     });
 
     it('close() sends DISC after the replies; later requests fail with NbdConnectionError', async function () {
-      const c2 = await NbdClient.connect({ host: HOST, port: peer.port, exportName: exportName(peer) });
+      const c2 = await NbdClient.connect({ host: HOST, port: peer.port, exportName: exportName(peer), makeTransport: tr.make });
       const pending = c2.read(0, 4096);
       await c2.close();
       assert.ok((await pending).equals(model.subarray(0, 4096)), 'a request in flight at close() still completes');

@@ -6,6 +6,8 @@ import * as assert from 'assert';
 import * as net from 'net';
 import { randomBytes } from 'crypto';
 import { NbdClient } from '../../src/nbd/client';
+import type { TransportFactory } from '../../src/nbd/transport';
+import { TRANSPORTS } from '../helpers/transports';
 import { NbdError, NbdProtocolError, NbdRequestError } from '../../src/nbd/errors';
 import { Cleanup, cleanupAfterEach } from '../helpers/procs';
 import { HOST, listen } from '../helpers/net';
@@ -88,23 +90,23 @@ const isConnErr = (e: NbdError): boolean => e.code === 'NBD_CONNECTION';
 const isProtoConnErr = (e: NbdError): boolean =>
   e.code === 'NBD_CONNECTION' && (e.cause as NbdError | undefined)?.code === 'NBD_PROTOCOL';
 
-async function connect(port: number, opts: { handshakeTimeoutMs?: number; exportName?: string } = {}): Promise<NbdClient> {
+async function connect(port: number, opts: { handshakeTimeoutMs?: number; exportName?: string; makeTransport?: TransportFactory } = {}): Promise<NbdClient> {
   return NbdClient.connect({ host: HOST, port, ...opts });
 }
 
 describe('client against a misbehaving server', function () {
   const cleanup = cleanupAfterEach();
 
-  async function client(script: Script): Promise<NbdClient> {
+  async function client(makeTransport: TransportFactory | undefined, script: Script): Promise<NbdClient> {
     const { port } = await fakeServer(cleanup, script);
-    const c = await connect(port);
+    const c = await connect(port, { makeTransport });
     cleanup.add(() => c.destroy());
     return c;
   }
 
-  describe('transmission', function () {
+  for (const tr of TRANSPORTS) describe(`transmission (${tr.name} transport)`, function () {
     it('a reply with an unknown cookie: every request in flight fails with a protocol error', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         const r = await readRequest(s);
         const bad = Buffer.from(r.cookie);
@@ -126,7 +128,7 @@ describe('client against a misbehaving server', function () {
     });
 
     it('a second reply for an answered cookie is a protocol error', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         const r = await readRequest(s);
         s.write(reply(r.cookie));
@@ -140,7 +142,7 @@ describe('client against a misbehaving server', function () {
     });
 
     it('a bad reply magic', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         const r = await readRequest(s);
         s.write(Buffer.concat([reply(r.cookie, 0, 0x67446699), dataAt(r.offset, r.length)]));
@@ -150,7 +152,7 @@ describe('client against a misbehaving server', function () {
     });
 
     it('a structured reply that was never negotiated', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         const r = await readRequest(s);
         // Structured reply chunk: magic, flags (DONE), type OFFSET_DATA, cookie, length, offset, data.
@@ -163,7 +165,7 @@ describe('client against a misbehaving server', function () {
     });
 
     it('the connection cut in the middle of a read reply: the read fails', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         const r = await readRequest(s);
         s.write(Buffer.concat([reply(r.cookie), dataAt(r.offset, r.length).subarray(0, r.length / 2)]));
@@ -174,7 +176,7 @@ describe('client against a misbehaving server', function () {
     });
 
     it('the connection cut in the middle of a reply header', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         const r = await readRequest(s);
         s.write(reply(r.cookie).subarray(0, 9));
@@ -184,7 +186,7 @@ describe('client against a misbehaving server', function () {
     });
 
     it('the server closing with requests in flight fails them all', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         await readRequest(s);
         s.sock.destroy();
@@ -194,7 +196,7 @@ describe('client against a misbehaving server', function () {
     });
 
     it('an error reply fails only its request; an unknown errno reads as EINVAL', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         for (;;) {
           const r = await readRequest(s);
@@ -216,7 +218,7 @@ describe('client against a misbehaving server', function () {
     });
 
     it('replies in reverse order, and replies dribbled a byte at a time, land in the right buffers', async function () {
-      const c = await client(async (s) => {
+      const c = await client(tr.make, async (s) => {
         await handshake(s);
         const reqs: Req[] = [];
         for (let i = 0; i < 16; i++) reqs.push(await readRequest(s));
@@ -241,7 +243,7 @@ describe('client against a misbehaving server', function () {
       // Either the handshake notices the extra bytes or the first reply does; both are errors.
       let c: NbdClient | undefined;
       try {
-        c = await connect(port);
+        c = await connect(port, { makeTransport: tr.make });
         cleanup.add(() => c?.destroy());
       } catch (e) {
         assert.strictEqual((e as NbdError).code, 'NBD_PROTOCOL');
@@ -402,7 +404,7 @@ describe('client against a misbehaving server', function () {
   describe('proto.md client requirements (test/CONFORMANCE.md)', function () {
     it('handshake flags it does not know are ignored; the client flags are only what was offered', async function () {
       let clientFlags = -1;
-      const c = await client(async (s) => {
+      const c = await client(undefined, async (s) => {
         s.write(greeting(0xfffd)); // every bit but NO_ZEROES
         clientFlags = (await s.read(4)).readUInt32BE(0);
         await readOption(s, false);
@@ -415,7 +417,7 @@ describe('client against a misbehaving server', function () {
 
     it('unknown transmission flags and information types are ignored, whatever their order', async function () {
       let infoAsks: number[] = [];
-      const c = await client(async (s) => {
+      const c = await client(undefined, async (s) => {
         s.write(greeting());
         const go = await readOption(s);
         const n = go.data.readUInt32BE(0);
@@ -472,7 +474,7 @@ describe('client against a misbehaving server', function () {
 
     it('NBD_ESHUTDOWN: NBD_CMD_DISC follows the requests already sent, nothing after it; replies in flight still land', async function () {
       const seen: number[] = [];
-      const c = await client(async (s) => {
+      const c = await client(undefined, async (s) => {
         await handshake(s);
         const a = await readRequest(s);
         const b = await readRequest(s);

@@ -12,6 +12,7 @@ import { Cleanup, cleanupAfterEach } from '../helpers/procs';
 import { patternBuffer } from '../helpers/images';
 import { HOST } from '../helpers/net';
 import { FaultProxy } from '../helpers/fault-proxy';
+import { TRANSPORTS } from '../helpers/transports';
 
 const SIZE = 1 << 20;
 const FUA = 1;
@@ -83,12 +84,12 @@ async function setup(cleanup: Cleanup, opts: Partial<ReconnectOptions> = {}): Pr
 
 const isConnErr = (e: unknown): boolean => e instanceof NbdConnectionError && e.code === 'NBD_CONNECTION';
 
-describe('reconnecting client', function () {
+for (const tr of TRANSPORTS) describe(`reconnecting client (${tr.name} transport)`, function () {
   this.timeout(30_000);
   const cleanup = cleanupAfterEach();
 
   it('a cut connection: requests in flight are resent on a new one and complete with the store\'s bytes', async function () {
-    const h = await setup(cleanup);
+    const h = await setup(cleanup, { makeTransport: tr.make });
     const cut = h.store.arm('cut', (r) => r.type === CMD.READ && r.offset === 64 * 1024);
     const writes = [0, 1, 2].map((i) => patternBuffer(4096, 100 + i));
     await Promise.all([
@@ -108,7 +109,7 @@ describe('reconnecting client', function () {
   });
 
   it('requests without a reply are resent in their original order, with their flags', async function () {
-    const h = await setup(cleanup);
+    const h = await setup(cleanup, { makeTransport: tr.make });
     await h.readChecked(0, 512); // connection 1 is in transmission
     h.store.stallAll();
     const a = patternBuffer(8192, 1);
@@ -142,7 +143,7 @@ describe('reconnecting client', function () {
 
   it('a stalled connection is given up after timeoutMs, not before, and the request completes on a new one', async function () {
     const timeoutMs = 1500;
-    const h = await setup(cleanup, { timeoutMs });
+    const h = await setup(cleanup, { makeTransport: tr.make, timeoutMs });
     await h.readChecked(0, 512);
     // Sent well after the client's start, so that a timeout counted from anything but the
     // send (a timer that runs from the start, for instance) shows up as early.
@@ -161,7 +162,7 @@ describe('reconnecting client', function () {
 
   it('past failAfterMs, waiting requests fail with a connection error; new ones fail at once; the store coming back serves again', async function () {
     const failAfterMs = 1500;
-    const h = await setup(cleanup, { failAfterMs });
+    const h = await setup(cleanup, { makeTransport: tr.make, failAfterMs });
     await h.readChecked(0, 512);
     h.store.refuse = true;
     h.store.cutAll();
@@ -187,7 +188,7 @@ describe('reconnecting client', function () {
 
   it('a store that comes back with another size is not used: no request reaches it, requests fail after failAfterMs', async function () {
     const failAfterMs = 1500;
-    const h = await setup(cleanup, { failAfterMs });
+    const h = await setup(cleanup, { makeTransport: tr.make, failAfterMs });
     await h.readChecked(0, 512);
     h.store.exportSize = SIZE * 2;
     h.store.cutAll();
@@ -211,7 +212,7 @@ describe('reconnecting client', function () {
   });
 
   it('ESHUTDOWN: the client reconnects and resends instead of failing the request', async function () {
-    const h = await setup(cleanup);
+    const h = await setup(cleanup, { makeTransport: tr.make });
     const shut = h.store.arm('eshutdown', (r) => r.type === CMD.READ);
     await h.readChecked(12345, 6789);
     assert.strictEqual((await shut).conn, 1);
@@ -227,7 +228,7 @@ describe('reconnecting client', function () {
   ];
   for (const { act, why, timeoutMs } of hostile) {
     it(`${act}: the connection is dropped and reconnected; the read gets the store's bytes, never the hostile ones`, async function () {
-      const h = await setup(cleanup, { timeoutMs: timeoutMs ?? 0 });
+      const h = await setup(cleanup, { makeTransport: tr.make, timeoutMs: timeoutMs ?? 0 });
       const caught = h.store.arm(act, (r) => r.type === CMD.READ && r.length === 65536);
       const others = [h.readChecked(0, 4096), h.write(200_000, patternBuffer(3000, 4))];
       await h.readChecked(131072, 65536);
@@ -242,7 +243,7 @@ describe('reconnecting client', function () {
   }
 
   it('an errno outside the spec fails that request with EINVAL (the spec says so) and keeps the connection', async function () {
-    const h = await setup(cleanup);
+    const h = await setup(cleanup, { makeTransport: tr.make });
     void h.store.arm('bad-errno', (r) => r.type === CMD.READ);
     const err = await h.read(0, 4096).then(() => null, (e: unknown) => e);
     assert.ok(err instanceof NbdRequestError, `expected a request error, got ${String(err)}`);
@@ -254,7 +255,7 @@ describe('reconnecting client', function () {
   });
 
   it('shutdown() while reconnecting fails the waiting requests at once; close() ends the retries', async function () {
-    const h = await setup(cleanup, { failAfterMs: 60_000 });
+    const h = await setup(cleanup, { makeTransport: tr.make, failAfterMs: 60_000 });
     await h.readChecked(0, 512);
     h.store.refuse = true;
     h.store.cutAll();
@@ -271,7 +272,7 @@ describe('reconnecting client', function () {
   });
 
   it('many cuts in a row under load: every read matches the store, every write lands', async function () {
-    const h = await setup(cleanup);
+    const h = await setup(cleanup, { makeTransport: tr.make });
     const model = h.store.disk;
     const last = new Map<number, Buffer>();
     for (let batch = 0; batch < 8; batch++) {
@@ -307,6 +308,7 @@ describe('reconnecting client', function () {
     const proxy = await FaultProxy.start({ port: store.port });
     cleanup.add(() => proxy.close());
     const client = await ReconnectingClient.connect({
+      makeTransport: tr.make,
       host: HOST, port: proxy.port, timeoutMs: 1000, failAfterMs: 30_000, minBackoffMs: 20, maxBackoffMs: 200,
     });
     cleanup.add(() => client.close());
