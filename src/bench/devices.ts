@@ -41,8 +41,12 @@ export interface NbdSettings {
   blockSize: number;
 }
 
-export async function attachUblk(cli: string, host: string, port: number, s: UblkSettings): Promise<AttachedDevice> {
-  const args = ['add', '--remote', `${host}:${port}`,
+/** PSK identity of the benchmark's TLS connections. */
+export const BENCH_PSK_USER = 'netdisk-bench';
+
+export async function attachUblk(cli: string, host: string, port: number, s: UblkSettings, tls?: { pskFile: string }): Promise<AttachedDevice> {
+  const remote = tls ? `nbds://${BENCH_PSK_USER}@${host}:${port}/?tls-psk-file=${tls.pskFile}` : `${host}:${port}`;
+  const args = ['add', '--remote', remote,
     ...(s.queues !== undefined ? ['--queues', String(s.queues)] : []),
     ...(s.depth !== undefined ? ['--depth', String(s.depth)] : []),
     ...(s.maxIoBufBytes !== undefined ? ['--max-io', String(s.maxIoBufBytes)] : []),
@@ -55,7 +59,7 @@ export async function attachUblk(cli: string, host: string, port: number, s: Ubl
     kind: 'ublk',
     path: dev,
     settings: readSettings(dev),
-    command: `netdisk-ublk ${args.join(' ').replace(`${host}:${port}`, `${host}:PORT`)}`,
+    command: `netdisk-ublk ${args.join(' ').replace(`${host}:${port}`, `${host}:PORT`).replace(tls?.pskFile ?? '\0', 'PSKFILE')}`,
     async detach() {
       await runOk(process.execPath, [cli, 'del', String(info.id)]);
     },

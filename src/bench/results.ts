@@ -53,6 +53,8 @@ export interface BenchSettings {
   maxIoBytes?: number;
   nbdConnections: number;
   nbdBlockSize: number;
+  /** netdisk-ublk's connection used TLS (PSK); kernel nbd's did not. */
+  tls?: 'psk';
 }
 
 export interface BenchResults {

@@ -27,6 +27,8 @@ export interface RunOptions {
   cli: string;
   ublk: UblkSettings;
   nbd: NbdSettings;
+  /** The store offers TLS with this PSK file and netdisk-ublk connects over nbds://; kernel nbd stays in clear text. */
+  tls?: { pskFile: string };
   command: string;
   host?: HostInfo;
   log(msg: string): void;
@@ -101,6 +103,7 @@ export async function runBench(o: RunOptions): Promise<BenchResults> {
     rampSeconds: o.fio.rampSeconds,
     sizeBytes: o.sizeBytes,
     ...o.ublk,
+    ...(o.tls ? { tls: 'psk' as const } : {}),
     nbdConnections: o.nbd.connections,
     nbdBlockSize: o.nbd.blockSize,
   };
@@ -109,10 +112,10 @@ export async function runBench(o: RunOptions): Promise<BenchResults> {
   let done = 0;
   for (const kind of o.stores) {
     o.log(`store ${STORE_TITLE[kind]}: starting`);
-    const store = await startStore(kind, { sizeBytes: o.sizeBytes, dir: o.dir, cli: o.cli });
+    const store = await startStore(kind, { sizeBytes: o.sizeBytes, dir: o.dir, cli: o.cli, ...(o.tls ? { tls: o.tls } : {}) });
     const devs: Partial<Record<ClientKind, AttachedDevice>> = {};
     try {
-      devs.ublk = await attachUblk(o.cli, store.host, store.port, o.ublk);
+      devs.ublk = await attachUblk(o.cli, store.host, store.port, o.ublk, o.tls);
       devs.nbd = await attachNbd(store.host, store.port, o.nbd);
       o.log(`  ${devs.ublk.path} and ${devs.nbd.path} attached; filling the store`);
       await prefill(devs.ublk, o);

@@ -28,6 +28,8 @@ export interface StoreOptions {
   dir: string;
   /** The netdisk-ublk entry point (bin/netdisk-ublk.js). */
   cli: string;
+  /** TLS offered (not required: kernel nbd connects in clear text) with this PSK file. */
+  tls?: { pskFile: string };
 }
 
 export async function startStore(kind: StoreKind, o: StoreOptions): Promise<RunningStore> {
@@ -38,15 +40,17 @@ export async function startStore(kind: StoreKind, o: StoreOptions): Promise<Runn
   let image: string | undefined;
   if (kind === 'serve') {
     image = path.join(o.dir, `netdisk-bench-${process.pid}-${port}.img`);
-    const args = [o.cli, 'serve', image, '--size', String(o.sizeBytes), '--listen', `${host}:${port}`];
-    command = `netdisk-ublk serve IMAGE --size ${o.sizeBytes} --listen ${host}:PORT`;
+    const tls = o.tls ? ['--tls', 'on', '--tls-psk', o.tls.pskFile] : [];
+    const args = [o.cli, 'serve', image, '--size', String(o.sizeBytes), '--listen', `${host}:${port}`, ...tls];
+    command = `netdisk-ublk serve IMAGE --size ${o.sizeBytes} --listen ${host}:PORT${o.tls ? ' --tls on --tls-psk PSKFILE' : ''}`;
     child = spawn(process.execPath, args, {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, NETDISK_LOG_FORMAT: 'json', NETDISK_LOG_LEVEL: 'warn' },
     });
   } else {
-    const args = ['-f', '--exit-with-parent', '-p', String(port), '-i', host, 'memory', String(o.sizeBytes)];
-    command = `nbdkit -f -p PORT -i ${host} memory ${o.sizeBytes}`;
+    const tls = o.tls ? ['--tls=on', `--tls-psk=${o.tls.pskFile}`] : [];
+    const args = ['-f', '--exit-with-parent', '-p', String(port), '-i', host, ...tls, 'memory', String(o.sizeBytes)];
+    command = `nbdkit -f -p PORT -i ${host}${o.tls ? ' --tls=on --tls-psk=PSKFILE' : ''} memory ${o.sizeBytes}`;
     child = spawn('nbdkit', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   }
   let stderr = '';

@@ -1,6 +1,6 @@
 // netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--stores LIST] [--cases LIST]
 //                    [--queues N] [--depth N] [--max-io SIZE] [--nbd-connections N] [--nbd-block-size N]
-//                    [--size SIZE] [--dir DIR] [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION]
+//                    [--size SIZE] [--dir DIR] [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION] [--tls]
 //
 // Latency and throughput of netdisk-ublk's /dev/ublkbN against the kernel nbd client's
 // /dev/nbdN, both attached to one and the same store. Where this kernel has no ublk (or no
@@ -9,10 +9,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
+import { randomBytes } from 'crypto';
 import { CASES, findCases, type BenchCase } from '../bench/cases';
 import { renderChart } from '../bench/chart';
 import { renderMarkdown, renderTables, targetLines } from '../bench/report';
-import type { UblkSettings } from '../bench/devices';
+import { BENCH_PSK_USER, type UblkSettings } from '../bench/devices';
 import { runAttached, runOk } from '../bench/procs';
 import type { BenchResults, HostInfo, TsPathReport } from '../bench/results';
 import { missingPrerequisites, runBench, type Progress } from '../bench/run';
@@ -29,7 +30,7 @@ import { helpText } from './help';
 export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--warmup S]
                           [--stores serve,nbdkit] [--cases ID,...] [--queues N] [--depth N] [--max-io SIZE]
                           [--nbd-connections N] [--nbd-block-size N] [--size SIZE] [--dir DIR]
-                          [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION]
+                          [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION] [--tls]
   Measures netdisk-ublk's /dev/ublkbN against the kernel nbd client's /dev/nbdN (nbd-client),
   both attached to the same store: \`netdisk-ublk serve\` (an image in --dir), then \`nbdkit memory\`.
   fio (libaio, direct I/O, total latency) runs every case --runs times, the devices taking turns.
@@ -50,6 +51,8 @@ export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--se
   --dir DIR            where \`serve\` keeps its image (default: the temporary directory)
   --out DIR            results directory (default: bench/results in the package)
   --no-ts-path         skip the native measurement of the TypeScript part
+  --tls                netdisk-ublk connects over TLS (nbds://, a fresh PSK; the store offers TLS),
+                       kernel nbd in clear text: run once without and once with it to see TLS's cost
   --kernel SPEC        run in the test VM on this kernel: 6.12 (its default), 7 (the newest 7.x)
                        or an exact version (see test/vm/README.md); the result files name it`;
 
@@ -77,6 +80,8 @@ interface BenchPlan {
   stem: string | undefined;
   /** --kernel: the test VM's kernel. */
   kernel: string | undefined;
+  /** --tls: netdisk-ublk over nbds:// with a PSK made for the run. */
+  tls: boolean;
 }
 
 export async function bench(argv: string[]): Promise<number> {
@@ -125,6 +130,7 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     'no-out': { type: 'boolean' },
     'no-ts-path': { type: 'boolean' },
     kernel: { type: 'string' },
+    tls: { type: 'boolean' },
     // Set by the host side when it re-runs bench in the VM: the results' file stem.
     stem: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -171,6 +177,7 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     command: ['netdisk-ublk bench', ...argv.map(shellQuote)].join(' '),
     stem: values.stem,
     kernel: values.kernel,
+    tls: values.tls ?? false,
   };
 }
 
@@ -183,6 +190,7 @@ async function benchHere(plan: BenchPlan, log: (m: string) => void, progress: Pr
     log('bench: measuring the TypeScript part against nbdkit memory');
     tsPath = await measureTsPath(plan.quick, `natively, ${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()})`);
   }
+  const tls = plan.tls ? { pskFile: makeBenchPsk() } : undefined;
   const res: BenchResults = await runBench({
     stores: plan.stores,
     cases: plan.cases,
@@ -194,10 +202,13 @@ async function benchHere(plan: BenchPlan, log: (m: string) => void, progress: Pr
     cli: path.join(packageRoot(), 'bin', 'netdisk-ublk.js'),
     ublk: plan.ublk,
     nbd: { connections: plan.nbdConnections, blockSize: plan.nbdBlockSize },
+    ...(tls ? { tls } : {}),
     command: host?.command ?? plan.command,
     ...(host ? { host: { kernel: host.kernel, cpu: host.cpu, cpus: host.cpus, loadBefore: host.loadBefore } } : {}),
     log,
     ...(progress ? { progress: (p: Progress) => progress.show(p) } : {}),
+  }).finally(() => {
+    if (tls) fs.rmSync(path.dirname(tls.pskFile), { recursive: true, force: true });
   });
   progress?.clear();
   if (tsPath) res.tsPath = tsPath;
@@ -328,4 +339,12 @@ class ProgressLine {
     if (this.shown) this.out.write('\r\x1b[K');
     this.shown = false;
   }
+}
+
+/** A new random PSK for this run only (psktool's format, mode 0600 in a private directory). */
+function makeBenchPsk(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'netdisk-bench-psk-'));
+  const file = path.join(dir, 'bench.psk');
+  fs.writeFileSync(file, `${BENCH_PSK_USER}:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  return file;
 }
