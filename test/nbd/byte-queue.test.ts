@@ -126,30 +126,55 @@ function parseOptionReplies(chunks: Buffer[]): Array<{ type: number; data: strin
 }
 
 describe('ByteQueue', function () {
+  // Chunks above 1 KiB are kept as they came; smaller ones are copied together (below).
+  const big = (s: string): Buffer => Buffer.from(s.padEnd(2048, '.'));
+
   it('takes a view when the bytes sit in one chunk, a copy when they span chunks', function () {
-    const a = Buffer.from('abcdef');
+    const a = big('abcdef');
     const q = new ByteQueue();
     q.push(a);
-    q.push(Buffer.from('ghij'));
+    q.push(big('ghij'));
     const view = q.take(2);
     assert.strictEqual(view.toString(), 'ab');
     assert.strictEqual(view.buffer, a.buffer, 'a take inside one chunk should not copy');
+    q.skip(2044);
     const spanning = q.take(6);
-    assert.strictEqual(spanning.toString(), 'cdefgh');
-    assert.strictEqual(q.length, 2);
-    assert.strictEqual(q.take(2).toString(), 'ij');
-    assert.strictEqual(q.length, 0);
+    assert.strictEqual(spanning.toString(), '..ghij');
+    assert.strictEqual(q.length, 2044);
   });
 
   it('takeChunks returns views over the received chunks, in order', function () {
-    const parts = [Buffer.from('012'), Buffer.from('3456'), Buffer.from('789')];
+    const parts = [big('012'), big('3456'), big('789')];
     const q = new ByteQueue();
     parts.forEach((p) => q.push(p));
     q.skip(1);
-    const got = q.takeChunks(8);
-    assert.deepStrictEqual(got.map(String), ['12', '3456', '78']);
+    const got = q.takeChunks(2047 + 2048 + 2);
+    assert.deepStrictEqual(got.map((g) => g.length), [2047, 2048, 2]);
+    assert.deepStrictEqual(got.map((g) => g.toString().replace(/\.+$/, '')), ['12', '3456', '78']);
     assert.ok(got.every((g, i) => g.buffer === parts[i]!.buffer), 'takeChunks copied');
     assert.strictEqual(q.take(1).toString(), '9');
+  });
+
+  it('small chunks are copied together: a byte at a time costs bytes, not a Buffer each', function () {
+    const q = new ByteQueue();
+    const data = Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 31) & 0xff));
+    const out: Buffer[] = [];
+    for (let i = 0; i < data.length; i++) {
+      q.push(data.subarray(i, i + 1));
+      // Interleaved with takes, views and a large chunk now and then.
+      if (i % 9973 === 0) out.push(q.take(q.length));
+      if (i === 50_000) {
+        out.push(...q.takeChunks(q.length));
+        const b = Buffer.alloc(4096, 7);
+        q.push(b);
+        out.push(q.take(4096));
+      }
+    }
+    assert.ok(q.chunkCount <= 8, `${q.chunkCount} chunks held for ${q.length} bytes`);
+    out.push(...q.takeChunks(q.length));
+    const all = Buffer.concat(out);
+    const want = Buffer.concat([data.subarray(0, 50_001), Buffer.alloc(4096, 7), data.subarray(50_001)]);
+    assert.ok(all.equals(want), 'bytes changed or reordered');
   });
 
   it('copyOut copies across chunks to an offset; skip drops across chunks', function () {
