@@ -22,11 +22,14 @@ export interface StatsSource {
 }
 
 export class StatsSocket {
-  private constructor(private readonly server: net.Server, readonly path: string) {}
+  private constructor(private readonly server: net.Server, private readonly clients: Set<net.Socket>, readonly path: string) {}
 
   static async listen(path: string, src: StatsSource): Promise<StatsSocket> {
     fs.rmSync(path, { force: true }); // a stale socket of a daemon that died
+    const clients = new Set<net.Socket>();
     const server = net.createServer((sock) => {
+      clients.add(sock);
+      sock.on('close', () => clients.delete(sock));
       let prev: DeviceCounters | undefined;
       let buf = '';
       sock.setEncoding('utf8');
@@ -62,11 +65,14 @@ export class StatsSocket {
         }
       });
     });
-    return new StatsSocket(server, path);
+    return new StatsSocket(server, clients, path);
   }
 
+  /** Stops listening and ends every client (a `stats --watch` must not keep the daemon alive). */
   async close(): Promise<void> {
-    await new Promise<void>((r) => this.server.close(() => r()));
+    const closed = new Promise<void>((r) => this.server.close(() => r()));
+    for (const c of this.clients) c.destroy();
+    await closed;
     fs.rmSync(this.path, { force: true });
   }
 }

@@ -139,6 +139,10 @@ describe('stats: histogram, counters, report, Prometheus text, sockets', functio
     hostile.write('x'.repeat(10_000));
     await closed;
     assert.strictEqual((await c.ask()).total.ops.write.requests, 6, 'the other client still works');
+    // A client still connected (stats --watch) does not hold the daemon's shutdown up.
+    await sock.close();
+    await assert.rejects(c.ask(), /closed the stats socket|EPIPE|ECONNRESET/);
+    assert.ok(!fs.existsSync(sock.path));
   });
 
   it('the metrics endpoint: GET /metrics on TCP and a unix socket; 404 elsewhere, 405 for POST', async () => {
