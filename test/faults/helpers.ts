@@ -216,13 +216,16 @@ export interface Store {
   stop(): Promise<void>;
 }
 
-/** `serve IMAGE --listen 127.0.0.1:PORT` (a fixed port, so a restarted store is found again). */
-export async function serveStore(image: string, size: string, port?: number): Promise<Store> {
+/**
+ * `serve IMAGE --listen 127.0.0.1:PORT` (a fixed port, so a restarted store is found again);
+ * `args` go last (another --listen there wins: a unix socket is found again too).
+ */
+export async function serveStore(image: string, size: string, port?: number, args: string[] = []): Promise<Store> {
   const p = port ?? await freePort();
   let proc: Running | undefined;
   const runs: Running[] = [];
   const launch = async (): Promise<void> => {
-    const r = start(process.execPath, [CLI, 'serve', image, '--size', size, '--listen', `${HOST}:${p}`], {
+    const r = start(process.execPath, [CLI, 'serve', image, '--size', size, '--listen', `${HOST}:${p}`, ...args], {
       timeoutMs: 3_600_000, env: { ...process.env, NETDISK_LOG_FORMAT: 'json' },
     });
     proc = r;
@@ -261,11 +264,17 @@ export interface Device {
   pid: number;
 }
 
-export async function addDevice(port: number, extra: string[] = []): Promise<Device> {
-  const r = await cliOk(['add', '--remote', `${HOST}:${port}`, '--json', ...extra], { timeoutMs: 120_000 });
+/** `add --remote 127.0.0.1:PORT`, or --remote as given (a URI). */
+export async function addDevice(remote: number | string, extra: string[] = []): Promise<Device> {
+  const r = await cliOk(['add', '--remote', typeof remote === 'number' ? `${HOST}:${remote}` : remote, '--json', ...extra], { timeoutMs: 120_000 });
   const info = JSON.parse(r.stdout.trim().split('\n').pop() as string) as Device;
   await waitFor(`${info.device} to appear`, () => fs.existsSync(info.device), 10_000, 50);
   return info;
+}
+
+/** Whether the daemon of device id has logged a line whose message matches. */
+export function daemonSaid(id: number, msg: RegExp): boolean {
+  return daemonLog(id).some((l) => msg.test(l.msg));
 }
 
 /** The daemon's log lines about the store's connection (all of them with `all`), for a timeline. */
@@ -300,8 +309,8 @@ export class FaultEnv {
     this.undo.push({ what, step });
   }
 
-  async store(size: string, port?: number): Promise<Store> {
-    const s = await serveStore(path.join(this.dir, 'store.img'), size, port);
+  async store(size: string, port?: number, args: string[] = []): Promise<Store> {
+    const s = await serveStore(path.join(this.dir, 'store.img'), size, port, args);
     this.defer('stop the store', () => s.stop());
     return s;
   }
