@@ -1,9 +1,10 @@
 // Bytes held by all of the server's connections against the server-wide budget
-// (ServerSettings.serverBytes). A connection that finds the budget spent waits here and
-// is woken, with every other waiter, as soon as bytes come back.
+// (ServerSettings.serverBytes). A connection that finds the budget spent waits here with
+// what it needs, and is woken once that fits: not on every byte that comes back, which under
+// a connection doing small requests would wake every waiter per request.
 export class ByteBudget {
   used = 0;
-  private readonly waiting = new Set<() => void>();
+  private readonly waiting = new Map<() => void, number>();
 
   constructor(readonly limit: number) {}
 
@@ -17,17 +18,22 @@ export class ByteBudget {
 
   give(n: number): void {
     this.used -= n;
-    if (this.waiting.size !== 0 && this.used < this.limit) {
-      const wake = [...this.waiting];
-      this.waiting.clear();
-      // Not from inside another connection's callback: each waiter runs on its own turn.
-      setImmediate(() => { for (const w of wake) w(); });
+    if (this.waiting.size === 0) return;
+    const wake: (() => void)[] = [];
+    for (const [w, need] of this.waiting) {
+      if (this.fits(need)) {
+        wake.push(w);
+        this.waiting.delete(w);
+      }
     }
+    // Not from inside another connection's callback: each waiter runs on its own turn, and
+    // one that finds the room taken waits again.
+    if (wake.length !== 0) setImmediate(() => { for (const w of wake) w(); });
   }
 
-  /** Calls wake once bytes come back (a waiter that still does not fit waits again). */
-  wait(wake: () => void): void {
-    this.waiting.add(wake);
+  /** Calls wake once `need` bytes fit (or nothing is held, for a need above the limit). */
+  wait(wake: () => void, need: number): void {
+    this.waiting.set(wake, Math.min(need, this.limit));
   }
 
   cancel(wake: () => void): void {

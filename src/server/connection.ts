@@ -370,9 +370,9 @@ export class ServerConnection {
       over = 'requests';
     } else if (this.held !== 0 && this.held + cost > s.connectionBytes) {
       over = 'connection';
-    } else if (this.held + cost > s.reserveBytes && !this.budget.fits(cost)) {
+    } else if (this.held + cost > s.reserveBytes && this.budget.used !== 0 && !this.budget.fits(cost)) {
       over = 'server';
-      this.budget.wait(this.wake);
+      this.budget.wait(this.wake, cost);
     }
     if (over === undefined) {
       if (this.blocked) {
