@@ -35,7 +35,7 @@ ${DEVICE_USAGE}
   --all-from FILE
                  every device FILE lists (e.g. ${DEVICES_FILE}), one daemon each; a device
                  already live is left as it is. FILE: one device a line, "ID STORE [OPTIONS]",
-                 OPTIONS as NAME=VALUE,... of queues, depth, max-io, timeout, fail-after, export`;
+                 OPTIONS as NAME=VALUE,... of queues, depth, max-io, timeout, fail-after, transport, export`;
 
 export async function add(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {

@@ -1,6 +1,6 @@
 // The device settings on the command line (add, and bench which passes them to add):
 // parsed in one place into the DeviceConfig shape, defaults from its one table.
-import { DEVICE_DEFAULTS, DEVICE_LIMITS, type DeviceSettings } from '../device/config';
+import { DATA_TRANSPORTS, DEVICE_DEFAULTS, DEVICE_LIMITS, type DataTransport, type DeviceSettings } from '../device/config';
 import { formatSize, parseSize } from '../size';
 import { parseIntArg } from './args';
 import { UsageError } from './errors';
@@ -11,6 +11,7 @@ export const DEVICE_OPTIONS = {
   'max-io': { type: 'string' },
   timeout: { type: 'string' },
   'fail-after': { type: 'string' },
+  transport: { type: 'string' },
 } as const;
 
 export type DeviceArgs = Partial<Record<keyof typeof DEVICE_OPTIONS, string>>;
@@ -25,7 +26,10 @@ export const DEVICE_USAGE = `  --queues N     queues, each with its own thread a
   --timeout S    a request without a reply for S seconds means the connection is stalled:
                  reconnect and resend (default ${D.timeoutMs / 1000}; 0: never)
   --fail-after S requests wait up to S seconds for a lost store before failing with EIO
-                 (default ${D.failAfterMs / 1000}; 0: fail at once)`;
+                 (default ${D.failAfterMs / 1000}; 0: fail at once)
+  --transport ${DATA_TRANSPORTS.join('|')}
+                 how each connection moves its bytes after the handshake: Node's socket
+                 stream, or io_uring (TLS always takes the stream) (default ${D.transport})`;
 
 /** The settings given on the command line; those not given are left out. */
 export function parseDeviceArgs(values: DeviceArgs): Partial<DeviceSettings> {
@@ -50,5 +54,11 @@ export function parseDeviceArgs(values: DeviceArgs): Partial<DeviceSettings> {
   if (timeout !== undefined) out.timeoutMs = timeout * 1000;
   const failAfter = parseIntArg(values['fail-after'], '--fail-after', L.failAfterMs.min / 1000, L.failAfterMs.max / 1000);
   if (failAfter !== undefined) out.failAfterMs = failAfter * 1000;
+  if (values.transport !== undefined) {
+    if (!(DATA_TRANSPORTS as readonly string[]).includes(values.transport)) {
+      throw new UsageError(`--transport must be one of ${DATA_TRANSPORTS.join(', ')}, not "${values.transport}"`);
+    }
+    out.transport = values.transport as DataTransport;
+  }
   return out;
 }

@@ -5,9 +5,10 @@ import { parentPort, workerData } from 'worker_threads';
 import { ReconnectingClient } from '../nbd/reconnecting-client';
 import type { ExportInfo } from '../nbd/client';
 import { createLogger } from '../log';
-import type { DeviceConfig } from './config';
+import { DEVICE_DEFAULTS, type DeviceConfig } from './config';
 import { QueueCounters } from '../stats/device-counters';
 import { QueueService } from './queue-service';
+import { ringTransport } from './ring-transport';
 
 export interface QueueWorkerData {
   devId: number;
@@ -42,6 +43,8 @@ async function main(): Promise<void> {
   try {
     client = await ReconnectingClient.connect({
       ...d.config.remote, expect: d.expect, timeoutMs: d.config.timeoutMs, failAfterMs: d.config.failAfterMs,
+      // A connection never has more requests in flight than the queue has tags.
+      makeTransport: d.config.transport === 'ring' ? ringTransport(d.config.depth) : undefined,
     });
   } catch (err) {
     post({ type: 'failed', message: (err as Error).message });
@@ -59,7 +62,7 @@ async function main(): Promise<void> {
     log.error({ reason: e.reason }, 'the store now serves a different export: not using it'));
   client.on('reconnect', (e: { downMs: number; attempts: number; resent: number }) => {
     counters.reconnected(e.resent);
-    log.warn({ downMs: e.downMs, attempts: e.attempts, resent: e.resent }, 'reconnected to the store');
+    log.warn({ downMs: e.downMs, attempts: e.attempts, resent: e.resent, transport: client.transportKind }, 'reconnected to the store');
     post({ type: 'link', text: `queue ${d.qid}: reconnected after ${(e.downMs / 1000).toFixed(1)} s, ${e.resent} requests resent` });
   });
   client.on('give-up', (e: { reason: string; pending: number }) => {
@@ -77,6 +80,8 @@ async function main(): Promise<void> {
     counters,
   );
   svc.start();
+  // Which data path runs: asked for in the settings, and what the connection took (TLS: the stream).
+  log.info({ transport: client.transportKind, asked: d.config.transport ?? DEVICE_DEFAULTS.transport }, 'queue serving');
   post({ type: 'started' });
   await svc.stopped;
   // Neither the grace timer nor the message listener may outlive the queue: either keeps

@@ -86,6 +86,8 @@ export class ReconnectingClient extends EventEmitter {
   get info(): ExportInfo { return this.expect; }
   get connected(): boolean { return this.state === State.Connected; }
   get pending(): number { return this.table.size; }
+  /** How the current connection moves its bytes ('stream' or 'ring'). */
+  get transportKind(): string { return this.client.transportKind; }
 
   /**
    * Submits one request (see NbdClient.submit for `op`); the callback runs once, after the

@@ -47,7 +47,7 @@ describe('cli: the devices file', function () {
     ['0 nbds://h/?tls-frob=1', /:1: unknown query parameter "tls-frob"/],
     ['0 h:1 queues=99', /:1: queues must be between 1 and 64, not 99$/],
     ['0 h:1 depth', /:1: option "depth" is not NAME=VALUE$/],
-    ['0 h:1 colour=blue', /:1: unknown option "colour" \(queues, depth, max-io, timeout, fail-after, export\)$/],
+    ['0 h:1 colour=blue', /:1: unknown option "colour" \(queues, depth, max-io, timeout, fail-after, transport, export\)$/],
     ['0 h:1 queues=1,queues=2', /:1: option queues is given twice$/],
     ['0 nbd://h/a export=b', /:1: export=b and the URI's export "a" differ$/],
     ['0 h:1 queues=2 depth=4', /:1: .*options are one comma-separated field/],

@@ -20,6 +20,7 @@ import { pidAlive } from '../../src/device/state';
 import { MiB, allocatedBytes, dataExtents, isAllocated, isHole, readAt, sha256 } from '../helpers/images';
 import { HOST, freePort } from '../helpers/net';
 import { repoRoot } from '../helpers/vm';
+import { addTransportArgs } from '../helpers/transports';
 
 export { HOST, MiB, allocatedBytes, dataExtents, freePort, isAllocated, isHole, pidAlive, readAt, sha256 };
 
@@ -412,7 +413,7 @@ export class DeviceEnv {
 
   /** `add --remote 127.0.0.1:PORT --json [extra]`: the device, once the CLI says it is live. */
   async add(port: number, extra: string[] = []): Promise<DeviceInfo> {
-    const r = await cliOk(['add', '--remote', `${HOST}:${port}`, '--json', ...extra], { timeoutMs: 120_000 });
+    const r = await cliOk(['add', '--remote', `${HOST}:${port}`, '--json', ...addTransportArgs(), ...extra], { timeoutMs: 120_000 });
     const info = JSON.parse(r.stdout.trim().split('\n').pop() as string) as DeviceInfo;
     assert.strictEqual(info.device, `/dev/ublkb${info.id}`);
     await waitForNode(info.device);

@@ -14,6 +14,7 @@ import {
   CLI, HOST, MiB, cli, cliOk, daemonLog, expectingKernelErrors, freePort, ok, run, sleep, start, ublkNodes, waitFor,
   type RunResult, type Running,
 } from '../device/helpers';
+import { addTransportArgs } from '../helpers/transports';
 
 // The workload every fault scenario shares (the CI tests and the reliability table alike).
 /** The store's size. */
@@ -266,7 +267,7 @@ export interface Device {
 
 /** `add --remote 127.0.0.1:PORT`, or --remote as given (a URI). */
 export async function addDevice(remote: number | string, extra: string[] = []): Promise<Device> {
-  const r = await cliOk(['add', '--remote', typeof remote === 'number' ? `${HOST}:${remote}` : remote, '--json', ...extra], { timeoutMs: 120_000 });
+  const r = await cliOk(['add', '--remote', typeof remote === 'number' ? `${HOST}:${remote}` : remote, '--json', ...addTransportArgs(), ...extra], { timeoutMs: 120_000 });
   const info = JSON.parse(r.stdout.trim().split('\n').pop() as string) as Device;
   await waitFor(`${info.device} to appear`, () => fs.existsSync(info.device), 10_000, 50);
   return info;

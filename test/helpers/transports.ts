@@ -13,3 +13,14 @@ export const TRANSPORTS: readonly TransportCase[] = [
   // Room for the most requests any test keeps in flight (256).
   { name: 'ring', make: ringTransport(512) },
 ];
+
+/**
+ * Extra `add` arguments for the kernel tests: NETDISK_TEST_TRANSPORT=ring runs every device
+ * they add over the ring transport (unset: add's default).
+ */
+export function addTransportArgs(): string[] {
+  const t = process.env.NETDISK_TEST_TRANSPORT;
+  if (t === undefined || t === '') return [];
+  if (!TRANSPORTS.some((c) => c.name === t)) throw new Error(`NETDISK_TEST_TRANSPORT: no transport "${t}"`);
+  return ['--transport', t];
+}
