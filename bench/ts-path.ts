@@ -11,7 +11,8 @@ import { CASES, findCases, isRandom, isWrite, type BenchCase } from '../src/benc
 import { sleep } from '../src/bench/procs';
 import type { TsPathReport, TsPathResult } from '../src/bench/results';
 import { startStore } from '../src/bench/stores';
-import { DEVICE_DEFAULTS } from '../src/device/config';
+import { DATA_TRANSPORTS, DEVICE_DEFAULTS, type DataTransport } from '../src/device/config';
+import { ringTransport } from '../src/device/ring-transport';
 import { QueueService } from '../src/device/queue-service';
 import { silentLogger } from '../src/log';
 import { ReconnectingClient } from '../src/nbd/reconnecting-client';
@@ -74,9 +75,11 @@ class Workload {
  * median slice: on a shared machine a neighbour's burst inflates a slice's CPU time (cache
  * misses, preemption), and the median keeps one such slice from skewing the figure.
  */
-export async function measureTsPath(host: string, port: number, c: BenchCase, seconds: number, slices = 5): Promise<TsPathResult> {
+export async function measureTsPath(host: string, port: number, c: BenchCase, seconds: number, slices = 5,
+  transport: DataTransport = DEVICE_DEFAULTS.transport): Promise<TsPathResult> {
   const client = await ReconnectingClient.connect({
     host, port, exportName: '', timeoutMs: DEVICE_DEFAULTS.timeoutMs, failAfterMs: DEVICE_DEFAULTS.failAfterMs,
+    makeTransport: transport === 'ring' ? ringTransport(c.depth) : undefined,
   });
   let kernel: FakeKernelQueue | undefined;
   const svc = new QueueService({
@@ -115,11 +118,13 @@ export async function measureTsPath(host: string, port: number, c: BenchCase, se
 }
 
 /** The cases against a fresh `nbdkit memory` on loopback. */
-export async function measureTsPathSuite(o: { seconds: number; slices: number; where: string; cases: readonly BenchCase[] }): Promise<TsPathReport> {
+export async function measureTsPathSuite(o: {
+  seconds: number; slices: number; where: string; cases: readonly BenchCase[]; transport?: DataTransport;
+}): Promise<TsPathReport> {
   const store = await startStore('nbdkit', { sizeBytes: STORE_BYTES, dir: '', cli: '' });
   try {
     const results: TsPathResult[] = [];
-    for (const c of o.cases) results.push(await measureTsPath(store.host, store.port, c, o.seconds, o.slices));
+    for (const c of o.cases) results.push(await measureTsPath(store.host, store.port, c, o.seconds, o.slices, o.transport));
     return { where: o.where, server: `nbdkit memory ${STORE_BYTES / 2 ** 20}M`, results };
   } finally {
     await store.stop();
@@ -134,16 +139,19 @@ async function main(): Promise<void> {
       cases: { type: 'string' },
       where: { type: 'string', default: 'natively' },
       json: { type: 'boolean', default: false },
+      transport: { type: 'string', default: DEVICE_DEFAULTS.transport },
     },
   });
+  const transport = values.transport as DataTransport;
+  if (!DATA_TRANSPORTS.includes(transport)) throw new Error(`--transport must be one of ${DATA_TRANSPORTS.join(', ')}`);
   const cases = values.cases === undefined ? CASES : findCases(values.cases.split(',').map((s) => s.trim()));
-  const report = await measureTsPathSuite({ seconds: Number(values.seconds), slices: Number(values.slices), where: values.where, cases });
+  const report = await measureTsPathSuite({ seconds: Number(values.seconds), slices: Number(values.slices), where: values.where, cases, transport });
   if (values.json) {
     process.stdout.write(JSON.stringify(report) + '\n');
     return;
   }
   for (const r of report.results) {
-    process.stdout.write(`${r.name}: ${r.iops.toFixed(0)} IOPS, ${r.cpuUsPerRequest.toFixed(1)} us of CPU per request (least ${r.minCpuUsPerRequest.toFixed(1)})\n`);
+    process.stdout.write(`${r.name} (${transport} transport): ${r.iops.toFixed(0)} IOPS, ${r.cpuUsPerRequest.toFixed(1)} us of CPU per request (least ${r.minCpuUsPerRequest.toFixed(1)})\n`);
   }
 }
 

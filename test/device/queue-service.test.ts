@@ -14,6 +14,8 @@ import { CMD, FakeNbdServer } from '../helpers/fake-nbd';
 import { patternBuffer } from '../helpers/images';
 import { HOST } from '../helpers/net';
 import { cleanupAfterEach, type Cleanup } from '../helpers/procs';
+import { TRANSPORTS } from '../helpers/transports';
+import type { TransportFactory } from '../../src/nbd/transport';
 
 const SIZE = 1 << 20;
 const DEPTH = 8;
@@ -30,12 +32,13 @@ interface Rig {
   run(): Promise<Array<[number, number]>>;
 }
 
-async function rig(cleanup: Cleanup, opts: { failAfterMs?: number } = {}): Promise<Rig> {
+async function rig(cleanup: Cleanup, opts: { failAfterMs?: number; makeTransport?: TransportFactory } = {}): Promise<Rig> {
   const store = await FakeNbdServer.start(SIZE);
   patternBuffer(SIZE, 3).copy(store.disk);
   cleanup.add(() => store.close());
   const client = await ReconnectingClient.connect({
     host: HOST, port: store.port, exportName: '', timeoutMs: 0, failAfterMs: opts.failAfterMs ?? 30_000, minBackoffMs: 20, maxBackoffMs: 100,
+    makeTransport: opts.makeTransport,
   });
   cleanup.add(() => client.close());
   let kernel: FakeKernelQueue | undefined;
@@ -57,12 +60,12 @@ async function rig(cleanup: Cleanup, opts: { failAfterMs?: number } = {}): Promi
   };
 }
 
-describe('device: QueueService (fake kernel, NBD on loopback)', function () {
+for (const tr of TRANSPORTS) describe(`device: QueueService (fake kernel, NBD on loopback, ${tr.name} transport)`, function () {
   this.timeout(30_000);
   const cleanup = cleanupAfterEach();
 
   it('READ and WRITE: the NBD request covers the same bytes, data moves through the tag buffer, the result is the length', async () => {
-    const r = await rig(cleanup);
+    const r = await rig(cleanup, { makeTransport: tr.make });
     r.kernel.request(0, UblkIoOp.READ, 8, 8); // 4 KiB at 4 KiB
     r.kernel.request(1, UblkIoOp.WRITE, 64, 16, UblkIoFlag.FUA); // 8 KiB at 32 KiB
     const data = patternBuffer(8192, 9);
@@ -79,7 +82,7 @@ describe('device: QueueService (fake kernel, NBD on loopback)', function () {
   });
 
   it('FLUSH, DISCARD and WRITE_ZEROES (NOUNMAP -> NO_HOLE) become their NBD commands; their result is 0', async () => {
-    const r = await rig(cleanup);
+    const r = await rig(cleanup, { makeTransport: tr.make });
     r.kernel.request(2, UblkIoOp.FLUSH, 0xffff_ffff, 0);
     r.kernel.request(3, UblkIoOp.DISCARD, 0, 8);
     r.kernel.request(4, UblkIoOp.WRITE_ZEROES, 16, 8, UblkIoFlag.NOUNMAP);
@@ -91,7 +94,7 @@ describe('device: QueueService (fake kernel, NBD on loopback)', function () {
   });
 
   it('an op NBD does not have is EOPNOTSUPP and never reaches the store; the tick\'s completions go in one commit', async () => {
-    const r = await rig(cleanup);
+    const r = await rig(cleanup, { makeTransport: tr.make });
     for (let tag = 0; tag < 5; tag++) r.kernel.request(tag, UblkIoOp.ZONE_OPEN, 0, 8);
     const commitsBefore = r.kernel.commits.length;
     assert.deepStrictEqual(await r.run(), [[0, -95], [1, -95], [2, -95], [3, -95], [4, -95]]);
@@ -100,14 +103,14 @@ describe('device: QueueService (fake kernel, NBD on loopback)', function () {
   });
 
   it('a refused request keeps the server\'s errno: a read past the end is -EINVAL', async () => {
-    const r = await rig(cleanup);
+    const r = await rig(cleanup, { makeTransport: tr.make });
     r.kernel.request(0, UblkIoOp.READ, SIZE / 512, 8);
     r.kernel.request(1, UblkIoOp.READ, 0, 8);
     assert.deepStrictEqual((await r.run()).sort(), [[0, -22], [1, 4096]]);
   });
 
   it('a store that is gone past fail-after: -EIO', async () => {
-    const r = await rig(cleanup, { failAfterMs: 0 });
+    const r = await rig(cleanup, { makeTransport: tr.make, failAfterMs: 0 });
     r.store.refuse = true;
     r.store.cutAll();
     await new Promise((res) => setTimeout(res, 50));
@@ -119,7 +122,7 @@ describe('device: QueueService (fake kernel, NBD on loopback)', function () {
   });
 
   it('every tag aborted (the device stopping): stopped resolves and the queue is closed', async () => {
-    const r = await rig(cleanup);
+    const r = await rig(cleanup, { makeTransport: tr.make });
     r.kernel.stop();
     await r.svc.stopped;
     assert.ok(r.kernel.closed);
