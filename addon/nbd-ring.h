@@ -13,17 +13,26 @@
 // assigns them; a reply that names no request sent here stops reception, and
 // TypeScript, seeing its header, ends the connection.
 //
-// Sends go out in order: one sendmsg (header + payload) per request, linked
-// (IOSQE_IO_LINK) into one chain per batch, and at most one chain in flight. A second
-// chain submitted while the first waits for socket room could otherwise interleave its
-// bytes with the first's rest (links order SQEs within a submission, never across two).
-// MSG_WAITALL makes io_uring retry short sends and receives on a stream socket, so a
-// short result is an error.
+// Sends go out in order: a batch's requests (header and payload each) leave as one
+// sendmsg of up to kIovMax pieces, a longer batch as several linked (IOSQE_IO_LINK) into one
+// chain, and at most one chain is in flight. A second chain submitted while the first waits
+// for socket room could otherwise interleave its bytes with the first's rest (links order
+// SQEs within a submission, never across two). One sendmsg per request instead cost twice
+// the stream's CPU per request at QD32: a TCP push each.
+// MSG_WAITALL makes io_uring retry short sends on a stream socket, so a short result is
+// an error.
+//
+// Receives take what the socket holds, up to kStageBytes, into a staging buffer and parse
+// every whole reply in it, copying the READ payloads it holds to their destinations: one
+// receive serves many replies, as one read() does for the stream transport (a receive per
+// header cost twice the stream's CPU per request at QD32, bench/results/ts-path-transports-
+// 2026-11-30.md). The rest of a payload that did not fit is received in place, MSG_WAITALL.
 #pragma once
 
 #include <liburing.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -53,7 +62,7 @@ class NbdRing {
   // SQEs this connection has in the kernel; Quiesce waits for them.
   uint32_t inFlight() const { return inFlight_; }
   // SQEs a PrepareSends can need at most (a chain of every slot) plus the receive.
-  uint32_t MaxSqes() const { return slots_ + 1; }
+  uint32_t MaxSqes() const { return MaxSendSqes() + 1; }
 
   // Queues the request in `slot` for the next chain. header: kRequestHeaderBytes; data
   // (WRITE) or into (READ: where its payload lands, `len` bytes) may be null. The memory
@@ -68,13 +77,8 @@ class NbdRing {
     s.gen = gen;
     s.into = into;
     s.intoLen = intoLen;
-    s.iov[0] = {const_cast<uint8_t*>(header), kRequestHeaderBytes};
-    s.iov[1] = {const_cast<uint8_t*>(data), dataLen};
-    std::memset(&s.msg, 0, sizeof s.msg);
-    s.msg.msg_iov = s.iov;
-    s.msg.msg_iovlen = data != nullptr && dataLen > 0 ? 2 : 1;
-    s.sendBytes = kRequestHeaderBytes + (s.msg.msg_iovlen == 2 ? dataLen : 0);
-    next_.push_back(slot);
+    next_.push_back({const_cast<uint8_t*>(header), kRequestHeaderBytes});
+    if (data != nullptr && dataLen > 0) next_.push_back({const_cast<uint8_t*>(data), dataLen});
     return true;
   }
 
@@ -85,20 +89,27 @@ class NbdRing {
   // submits them in one go, before any other submit on the ring.
   uint32_t PrepareSends(io_uring* ring) {
     if (chainLeft_ > 0 || next_.empty() || failed_) return 0;
+    chain_.swap(next_);
+    next_.clear();
     io_uring_sqe* last = nullptr;
     uint32_t n = 0;
-    for (uint32_t slot : next_) {
+    for (size_t at = 0; at < chain_.size(); at += kIovMax, n++) {
       io_uring_sqe* sqe = io_uring_get_sqe(ring);
       if (sqe == nullptr) break;  // cannot happen with a ring of MaxSqes() spare entries
-      io_uring_prep_sendmsg(sqe, fd_, &slot_[slot].msg, MSG_WAITALL | MSG_NOSIGNAL);
+      size_t pieces = std::min<size_t>(kIovMax, chain_.size() - at);
+      msghdr& m = msgs_[n];
+      std::memset(&m, 0, sizeof m);
+      m.msg_iov = chain_.data() + at;
+      m.msg_iovlen = pieces;
+      uint64_t bytes = 0;
+      for (size_t k = at; k < at + pieces; k++) bytes += chain_[k].iov_len;
+      sendBytes_[n] = bytes;
+      io_uring_prep_sendmsg(sqe, fd_, &m, MSG_WAITALL | MSG_NOSIGNAL);
       sqe->flags |= IOSQE_IO_LINK;
-      // The length travels with the SQE: the slot may be reused before this CQE is reaped.
-      io_uring_sqe_set_data64(sqe, UserData(kSend, slot_[slot].sendBytes));
+      io_uring_sqe_set_data64(sqe, UserData(kSend, n));
       last = sqe;
-      n++;
     }
     if (last != nullptr) last->flags &= ~IOSQE_IO_LINK;
-    next_.erase(next_.begin(), next_.begin() + n);
     chainLeft_ = n;
     inFlight_ += n;
     return n;
@@ -110,18 +121,14 @@ class NbdRing {
     if (recvPosted_ || failed_ || stopped_) return 0;
     io_uring_sqe* sqe = io_uring_get_sqe(ring);
     if (sqe == nullptr) return 0;
-    uint8_t* at;
-    uint32_t len;
     if (payloadSlot_ < 0) {
-      at = hdr_ + got_;
-      len = kReplyBytes - got_;
+      io_uring_prep_recv(sqe, fd_, stage_.data(), kStageBytes, 0);
+      io_uring_sqe_set_data64(sqe, UserData(kRecv, kIntoStage));
     } else {
       Slot& s = slot_[payloadSlot_];
-      at = s.into + got_;
-      len = s.intoLen - got_;
+      io_uring_prep_recv(sqe, fd_, s.into + got_, s.intoLen - got_, MSG_WAITALL);
+      io_uring_sqe_set_data64(sqe, UserData(kRecv, kInPlace));
     }
-    io_uring_prep_recv(sqe, fd_, at, len, MSG_WAITALL);
-    io_uring_sqe_set_data64(sqe, UserData(kRecv, 0));
     recvPosted_ = true;
     inFlight_++;
     return 1;
@@ -135,25 +142,20 @@ class NbdRing {
       chainLeft_--;
       // A link broken by an earlier failure completes with ECANCELED: already failed.
       if (cqe->res < 0) return Fail(-cqe->res);
-      if (static_cast<uint64_t>(cqe->res) != (ud & 0xffffffff)) return Fail(EPIPE);
+      uint32_t piece = static_cast<uint32_t>(ud);
+      if (piece >= sendBytes_.size() || static_cast<uint64_t>(cqe->res) != sendBytes_[piece]) return Fail(EPIPE);
       return Event::kNone;
     }
     recvPosted_ = false;
     if (cqe->res < 0) return Fail(-cqe->res);
     if (cqe->res == 0) return Fail(0);  // the peer closed
-    got_ += static_cast<uint32_t>(cqe->res);
-    if (payloadSlot_ >= 0) {
-      Slot& s = slot_[payloadSlot_];
-      if (got_ < s.intoLen) return Event::kNone;
-      Publish(s.replyHeader);
-      s.busy = false;
-      payloadSlot_ = -1;
-      got_ = 0;
-      return Event::kReplies;
+    uint32_t n = static_cast<uint32_t>(cqe->res);
+    if ((ud & 0xffffffff) == kInPlace) {
+      if (payloadSlot_ < 0) return Fail(EPROTO);  // cannot happen: only posted for a payload
+      got_ += n;
+      return PayloadDone() ? Event::kReplies : Event::kNone;
     }
-    if (got_ < kReplyBytes) return Event::kNone;
-    got_ = 0;
-    return OnHeader();
+    return Parse(stage_.data(), n);
   }
 
   // Drops what is queued and marks the connection failed (no more SQEs are prepared).
@@ -165,6 +167,10 @@ class NbdRing {
 
  private:
   enum Kind : uint32_t { kSend = 1, kRecv = 2 };
+  // Where a receive goes (its user_data's low bits).
+  static constexpr uint32_t kIntoStage = 0;
+  static constexpr uint32_t kInPlace = 1;
+  static constexpr uint32_t kStageBytes = 64 * 1024;
 
   static uint64_t UserData(Kind kind, uint32_t value) { return kUserDataBit | uint64_t{kind} << 56 | value; }
 
@@ -173,14 +179,51 @@ class NbdRing {
     uint32_t gen = 0;
     uint8_t* into = nullptr;
     uint32_t intoLen = 0;
-    uint32_t sendBytes = 0;
-    iovec iov[2]{};
-    msghdr msg{};
     uint8_t replyHeader[kReplyBytes]{};
   };
 
+  // Linux's IOV_MAX: the pieces one sendmsg takes.
+  static constexpr size_t kIovMax = 1024;
+  uint32_t MaxSendSqes() const { return static_cast<uint32_t>((2 * size_t{slots_} + kIovMax - 1) / kIovMax); }
+
   static uint32_t Be32(const uint8_t* p) {
     return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+  }
+
+  // Consumes n received bytes: header bytes, whole replies, payload bytes for their place.
+  Event Parse(const uint8_t* p, uint32_t n) {
+    Event ev = Event::kNone;
+    uint32_t pos = 0;
+    while (pos < n && !stopped_) {
+      if (payloadSlot_ >= 0) {
+        Slot& s = slot_[payloadSlot_];
+        uint32_t k = std::min(n - pos, s.intoLen - got_);
+        std::memcpy(s.into + got_, p + pos, k);
+        pos += k;
+        got_ += k;
+        if (PayloadDone()) ev = Event::kReplies;
+        continue;
+      }
+      uint32_t k = std::min(n - pos, kReplyBytes - hdrGot_);
+      std::memcpy(hdr_ + hdrGot_, p + pos, k);
+      pos += k;
+      hdrGot_ += k;
+      if (hdrGot_ < kReplyBytes) break;
+      hdrGot_ = 0;
+      if (OnHeader() == Event::kReplies) ev = Event::kReplies;
+    }
+    return ev;
+  }
+
+  // Whether the payload being received is complete (then it is published and its slot freed).
+  bool PayloadDone() {
+    Slot& s = slot_[payloadSlot_];
+    if (got_ < s.intoLen) return false;
+    Publish(s.replyHeader);
+    s.busy = false;
+    payloadSlot_ = -1;
+    got_ = 0;
+    return true;
   }
 
   Event OnHeader() {
@@ -201,6 +244,7 @@ class NbdRing {
     if (error == 0 && s.into != nullptr && s.intoLen > 0) {
       std::memcpy(s.replyHeader, hdr_, kReplyBytes);
       payloadSlot_ = static_cast<int32_t>(slot);
+      got_ = 0;
       return Event::kNone;
     }
     Publish(hdr_);
@@ -225,7 +269,12 @@ class NbdRing {
   int fd_;
   uint32_t slots_;
   std::vector<Slot> slot_;
-  std::vector<uint32_t> next_;
+  // The pieces (header, payload) of the requests queued for the next chain, and of the
+  // chain in flight, whose sendmsgs point into it until their CQEs.
+  std::vector<iovec> next_;
+  std::vector<iovec> chain_;
+  std::vector<msghdr> msgs_ = std::vector<msghdr>(MaxSendSqes());
+  std::vector<uint64_t> sendBytes_ = std::vector<uint64_t>(MaxSendSqes());
   std::vector<uint8_t> replies_;
   uint32_t nReplies_ = 0;
   uint32_t chainLeft_ = 0;
@@ -234,7 +283,10 @@ class NbdRing {
   bool stopped_ = false;
   bool failed_ = false;
   int failure_ = 0;
+  std::vector<uint8_t> stage_ = std::vector<uint8_t>(kStageBytes);
   uint8_t hdr_[kReplyBytes]{};
+  uint32_t hdrGot_ = 0;
+  // Payload bytes of payloadSlot_ in place so far.
   uint32_t got_ = 0;
   int32_t payloadSlot_ = -1;
 };
