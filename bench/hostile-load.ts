@@ -299,8 +299,8 @@ async function main(): Promise<void> {
     },
   });
   if (values.attack !== undefined) return attackerMain(Number(values.port), values.attack);
-  const o = { seconds: Number(values.seconds), ramp: Number(values.ramp), rounds: Number(values.rounds), size: parseSize(values.size as string), rssCap: parseSize(values['rss-cap'] as string) };
-  const scenarios = (values.scenarios as string).split(',').map((n) => {
+  const o = { seconds: Number(values.seconds), ramp: Number(values.ramp), rounds: Number(values.rounds), size: parseSize(values.size), rssCap: parseSize(values['rss-cap']) };
+  const scenarios = values.scenarios.split(',').map((n) => {
     const s = SCENARIOS.find((x) => x.name === n);
     if (!s) throw new Error(`unknown scenario "${n}" (known: ${SCENARIOS.map((x) => x.name).join(', ')})`);
     return s;
@@ -308,7 +308,7 @@ async function main(): Promise<void> {
   const servers: [string, string][] = [];
   if (values.baseline) servers.push(['before', path.resolve(values.baseline)]);
   servers.push([values.baseline ? 'after' : 'ours', packageRoot()]);
-  const work = fs.mkdtempSync(path.join(values.dir as string, 'hostile-load-'));
+  const work = fs.mkdtempSync(path.join(values.dir, 'hostile-load-'));
   const image = path.join(work, 'disk.img');
   try {
     const chunk = Buffer.allocUnsafe(MiB);
