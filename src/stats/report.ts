@@ -97,9 +97,9 @@ const OP_TITLE: Record<OpName, string> = { read: 'read', write: 'write', flush: 
 
 /** The compact table `stats` prints (one screen per device). */
 export function renderReport(r: StatsReport): string {
-  const us = (v: number | null): string => (v === null ? '-' : v >= 10_000 ? `${(v / 1000).toFixed(0)}ms` : `${Math.round(v)}`);
+  const us = (v: number | null): string => (v === null ? '-' : v >= 10_000 ? `${(v / 1000).toFixed(0)}ms` : `${Math.round(v)}µs`);
   const rows: string[][] = [[
-    'op', 'req/s', 'MB/s', 'requests', 'errors', 'p50 µs', 'p99 µs', 'p99.9 µs', '│', 'p50', 'p99', 'p99.9',
+    'op', 'req/s', 'MB/s', 'requests', 'errors', 'p50', 'p99', 'p99.9', '│', 'p50', 'p99', 'p99.9',
   ]];
   for (const op of OPS) {
     const i = r.interval.ops[op];
