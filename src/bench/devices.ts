@@ -34,7 +34,7 @@ export interface AttachedDevice {
 }
 
 /** Options for `netdisk-ublk add`; unset ones take add's defaults. */
-export type UblkSettings = Partial<Pick<DeviceSettings, 'queues' | 'depth' | 'maxIoBufBytes'>>;
+export type UblkSettings = Partial<Pick<DeviceSettings, 'queues' | 'depth' | 'maxIoBufBytes' | 'transport'>>;
 
 export interface NbdSettings {
   connections: number;
@@ -50,6 +50,7 @@ export async function attachUblk(cli: string, host: string, port: number, s: Ubl
     ...(s.queues !== undefined ? ['--queues', String(s.queues)] : []),
     ...(s.depth !== undefined ? ['--depth', String(s.depth)] : []),
     ...(s.maxIoBufBytes !== undefined ? ['--max-io', String(s.maxIoBufBytes)] : []),
+    ...(s.transport !== undefined ? ['--transport', s.transport] : []),
     '--json'];
   const out = await runOk(process.execPath, [cli, ...args]);
   const info = JSON.parse(out.trim().split('\n')[0] ?? '{}') as { id: number; device: string };

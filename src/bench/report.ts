@@ -131,6 +131,7 @@ export function renderMarkdown(res: BenchResults, chartFile: string | undefined)
       'the devices take turns case by case (the order flips every case and every run). Latency is fio\'s total latency ' +
       '(`lat_ns`: submission plus completion), as the kernel nbd client does its sending inside the submit call.',
     `- Cells: **median** of the runs (min–max). Ratio: ublk median / nbd median.`,
+    ...(s.transport ? [`- netdisk-ublk's connection on the **${s.transport} transport** (\`add --transport ${s.transport}\`).`] : []),
     ...(s.tls ? ['- **netdisk-ublk over TLS** (nbds://, PSK; the store offers TLS with `--tls on`); kernel nbd in clear text (it has no TLS of its own).'] : []),
     `- Load average (1, 5, 15 min) ${e.inVm ? 'in the VM' : ''} at start ${loadText(e.load.start)}, at end ${loadText(e.load.end)}` +
       (e.host ? `; on the host before ${loadText(e.host.loadBefore)}${e.host.loadAfter ? `, after ${loadText(e.host.loadAfter)}` : ''}` : '') + '.',

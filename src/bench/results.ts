@@ -3,6 +3,7 @@ import type { Metric } from './cases';
 import type { ClientKind, QueueSettings } from './devices';
 import type { Sample } from './fio';
 import type { StoreKind } from './stores';
+import type { DataTransport } from '../device/config';
 
 export interface DeviceInfo {
   command: string;
@@ -55,6 +56,8 @@ export interface BenchSettings {
   nbdBlockSize: number;
   /** netdisk-ublk's connection used TLS (PSK); kernel nbd's did not. */
   tls?: 'psk';
+  /** netdisk-ublk's data path as given to bench (`add --transport`); undefined: add's default. */
+  transport?: DataTransport;
 }
 
 export interface BenchResults {

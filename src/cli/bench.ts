@@ -29,7 +29,7 @@ import { helpText } from './help';
 
 export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--warmup S]
                           [--stores serve,nbdkit] [--cases ID,...] [--queues N] [--depth N] [--max-io SIZE]
-                          [--nbd-connections N] [--nbd-block-size N] [--size SIZE] [--dir DIR]
+                          [--transport stream|ring] [--nbd-connections N] [--nbd-block-size N] [--size SIZE] [--dir DIR]
                           [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION] [--tls]
   Measures netdisk-ublk's /dev/ublkbN against the kernel nbd client's /dev/nbdN (nbd-client),
   both attached to the same store: \`netdisk-ublk serve\` (an image in --dir), then \`nbdkit memory\`.
@@ -43,7 +43,7 @@ export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--se
                        (default 30 in the test VM, whose emulated CPU makes JIT warm-up slow; 3 natively)
   --stores LIST        serve, nbdkit or both (default serve,nbdkit)
   --cases LIST         ${CASES.map((c) => c.id).join(', ')}
-  --queues N, --depth N, --max-io SIZE
+  --queues N, --depth N, --max-io SIZE, --transport stream|ring
                        passed to \`netdisk-ublk add\` (default: add's defaults)
   --nbd-connections N  nbd-client -C (default: as many as ublk queues)
   --nbd-block-size N   nbd-client -b (default 512, the logical block netdisk-ublk gets from both stores)
@@ -122,6 +122,7 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     queues: DEVICE_OPTIONS.queues,
     depth: DEVICE_OPTIONS.depth,
     'max-io': DEVICE_OPTIONS['max-io'],
+    transport: DEVICE_OPTIONS.transport,
     'nbd-connections': { type: 'string' },
     'nbd-block-size': { type: 'string' },
     size: { type: 'string' },
@@ -146,7 +147,7 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
   } catch (err) {
     throw new UsageError(`bench: ${(err as Error).message}`);
   }
-  const { queues, depth, maxIoBufBytes } = parseDeviceArgs(values);
+  const { queues, depth, maxIoBufBytes, transport } = parseDeviceArgs(values);
   const nbdBlockSize = parseIntArg(values['nbd-block-size'], '--nbd-block-size', 512, 4096) ?? 512;
   if (![512, 1024, 2048, 4096].includes(nbdBlockSize)) throw new UsageError('bench: --nbd-block-size must be 512, 1024, 2048 or 4096');
   let sizeBytes = 256 * 2 ** 20;
@@ -167,7 +168,7 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     warmup: parseIntArg(values.warmup, '--warmup', 0, 3600) ?? (process.env.NETDISK_IN_VM === '1' ? (quick ? 12 : 30) : 3),
     stores: stores as StoreKind[],
     cases,
-    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIoBufBytes ? { maxIoBufBytes } : {}) },
+    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIoBufBytes ? { maxIoBufBytes } : {}), ...(transport ? { transport } : {}) },
     nbdConnections: parseIntArg(values['nbd-connections'], '--nbd-connections', 1, 64) ?? queues ?? DEVICE_DEFAULTS.queues,
     nbdBlockSize,
     sizeBytes,
