@@ -120,6 +120,7 @@ describe('test/vm harness --kernel 7', function () {
   before(async function () {
     const check = vmCheck('7');
     if (!check.ok) {
+      // As above: no nested VM inside the VM; anywhere else a missing 7.x is a failure.
       if (inVm()) this.skip();
       throw new Error(`the test VM cannot boot a 7.x kernel here: ${check.reason}`);
     }
