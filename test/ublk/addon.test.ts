@@ -135,11 +135,16 @@ describe('ublk addon (no kernel driver needed)', () => {
   for (const leaveOpen of [false, true]) {
     it(`runs a queue in a worker_thread${leaveOpen ? ', left open for teardown' : ''}`, async () => {
       const worker = new Worker(path.join(__dirname, 'zero-queue-worker.js'), { workerData: { depth: 3, leaveOpen } });
+      // 'exit' is listened for from the start: a worker that exits delivers its last
+      // message and emits 'exit' in the same tick, before a listener added after the
+      // message could exist.
+      const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
       const msg = await new Promise<{ errors: string[]; bufferLength: number; closedLength: number }>((resolve, reject) => {
         worker.once('message', resolve);
         worker.once('error', reject);
+        void exited.then((c) => reject(new Error(`worker exited with ${c} before its report`)));
       });
-      const code = await new Promise<number>((resolve) => worker.once('exit', resolve));
+      const code = await exited;
       assert.deepStrictEqual(msg.errors, ['EOPNOTSUPP', 'EOPNOTSUPP', 'EOPNOTSUPP']);
       assert.strictEqual(msg.bufferLength, 4096);
       assert.strictEqual(msg.closedLength, leaveOpen ? 4096 : 0);

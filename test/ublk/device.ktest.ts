@@ -99,6 +99,9 @@ interface QueueWorker {
   started: Promise<void>;
   /** Resolves with the worker's counters once its queue saw every tag aborted. */
   stopped: Promise<RamStats>;
+  /** Resolves with the exit code. Listened for from the start: a worker that exits drains
+   * its last messages and emits 'exit' in the same tick, before a later listener exists. */
+  exited: Promise<number>;
 }
 
 /** Runs queue `qid` of the device in a worker_thread (ram-queue-worker.ts). */
@@ -108,6 +111,7 @@ function queueWorker(info: DevInfo, qid: number, charFd: number, disk: SharedArr
   });
   // An error or an exit before the awaited message fails the wait; later ones are
   // expected (stopped workers exit) and ignored.
+  const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
   const failed = new Promise<never>((_, reject) => {
     worker.once('error', reject);
     worker.once('exit', (code) => reject(new Error(`queue worker ${qid} exited with ${code}`)));
@@ -125,7 +129,7 @@ function queueWorker(info: DevInfo, qid: number, charFd: number, disk: SharedArr
   ]);
   started.catch(() => undefined);
   stopped.catch(() => undefined);
-  return { worker, started, stopped };
+  return { worker, started, stopped, exited };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -338,7 +342,7 @@ describe('ublk device (real kernel)', function () {
       console.log(`      ${info.nrHwQueues} queues; writes per queue: ${writes.join(', ')}`);
       assert.ok(writes.reduce((a, b) => a + b, 0) >= 32);
       if (info.nrHwQueues > 1) assert.ok(writes.every((n) => n > 0), 'every queue served writes');
-      await Promise.all(workers.map((w) => new Promise((resolve) => w.worker.once('exit', resolve))));
+      await Promise.all(workers.map((w) => w.exited));
     } finally {
       await Promise.all(workers.map((w) => w.worker.terminate()));
       await ctrl.stopDev(devId).catch(() => undefined);
@@ -403,7 +407,7 @@ describe('ublk device (real kernel)', function () {
 
       await ctrl.stopDev(devId);
       await w.stopped;
-      await new Promise((resolve) => w?.worker.once('exit', resolve));
+      await w.exited;
     } finally {
       if (w !== undefined) await w.worker.terminate();
       await ctrl.stopDev(devId).catch(() => undefined);
