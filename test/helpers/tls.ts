@@ -3,6 +3,9 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
+import { tempDir } from './images';
+import { requirePeer } from './peers';
+import type { Cleanup } from './procs';
 
 export interface Pki {
   /** ca-cert.pem, server-cert.pem, server-key.pem: for `serve --tls-certificates`, nbdkit, qemu-nbd. */
@@ -87,4 +90,18 @@ export function makeTlsMaterial(dir: string): TlsMaterial {
     psk: makePsk(path.join(dir, 'keys.psk'), 'alice'),
     otherPsk: makePsk(path.join(dir, 'other.psk'), 'alice'),
   };
+}
+
+/**
+ * The material for the calling describe block, made once in its before-all hook (certtool
+ * and psktool required) in a directory `shared` removes; its fields are set from then on.
+ */
+export function suiteTlsMaterial(shared: Cleanup): TlsMaterial {
+  const material: TlsMaterial = { dir: '', pki: { serverDir: '', clientDir: '', caOnlyDir: '' }, otherPki: { serverDir: '', clientDir: '', caOnlyDir: '' }, psk: '', otherPsk: '' };
+  before(function () {
+    requirePeer('certtool');
+    requirePeer('psktool');
+    Object.assign(material, makeTlsMaterial(tempDir(shared)));
+  });
+  return material;
 }

@@ -11,10 +11,10 @@ import { parseNbdUri } from '../../src/nbd/uri';
 import { ReconnectingClient } from '../../src/nbd/reconnecting-client';
 import { FaultProxy } from '../helpers/fault-proxy';
 import { cleanupAfterAll, cleanupAfterEach } from '../helpers/procs';
-import { makeImage, MiB, tempDir } from '../helpers/images';
-import { requirePeer, startNbdServer, startNbdkit, startQemuNbd } from '../helpers/peers';
+import { makeImage, MiB } from '../helpers/images';
+import { startNbdServer, startNbdkit, startQemuNbd } from '../helpers/peers';
 import { serveImage } from '../helpers/serve';
-import { makeTlsMaterial, Pki } from '../helpers/tls';
+import { suiteTlsMaterial } from '../helpers/tls';
 
 /** Connects as `add --remote URI` would. */
 function connect(uri: string): Promise<NbdClient> {
@@ -49,79 +49,69 @@ const CLEAR_UP = 4 + 16;
 describe('nbd client: TLS', function () {
   const shared = cleanupAfterAll();
   const cleanup = cleanupAfterEach();
-  let dir = '';
-  let pki: Pki;
-  let otherPki: Pki;
-  let psk = '';
-  let wrongPsk = '';
-
-  before(function () {
-    requirePeer('certtool');
-    requirePeer('psktool');
-    ({ dir, pki, otherPki, psk, otherPsk: wrongPsk } = makeTlsMaterial(tempDir(shared)));
-  });
+  const material = suiteTlsMaterial(shared);
 
   describe('nbdkit --tls=require', function () {
     it('X.509: verified against the CA and the host name; data round-trips', async function () {
-      const k = await startNbdkit(cleanup, ['memory', '8M'], { extra: ['--tls=require', `--tls-certificates=${pki.serverDir}`] });
-      const c = await connect(`nbds://localhost:${k.port}/nbdkit?tls-certificates=${pki.caOnlyDir}`);
+      const k = await startNbdkit(cleanup, ['memory', '8M'], { extra: ['--tls=require', `--tls-certificates=${material.pki.serverDir}`] });
+      const c = await connect(`nbds://localhost:${k.port}/nbdkit?tls-certificates=${material.pki.caOnlyDir}`);
       assert.strictEqual(c.size, 8 * MiB);
       await roundTrip(c);
       await c.close();
     });
 
     it('PSK from psktool\'s file, the user from the URI', async function () {
-      const k = await startNbdkit(cleanup, ['memory', '8M'], { extra: ['--tls=require', `--tls-psk=${psk}`] });
-      const c = await connect(`nbds://alice@127.0.0.1:${k.port}/nbdkit?tls-psk-file=${psk}`);
+      const k = await startNbdkit(cleanup, ['memory', '8M'], { extra: ['--tls=require', `--tls-psk=${material.psk}`] });
+      const c = await connect(`nbds://alice@127.0.0.1:${k.port}/nbdkit?tls-psk-file=${material.psk}`);
       await roundTrip(c);
       await c.close();
     });
 
     it('refusals: another CA, another host name, a wrong key, an unknown user', async function () {
-      const x = await startNbdkit(cleanup, ['memory', '1M'], { extra: ['--tls=require', `--tls-certificates=${pki.serverDir}`] });
-      await refused(`nbds://localhost:${x.port}/nbdkit?tls-certificates=${otherPki.caOnlyDir}`, /TLS handshake failed: .*certificate/);
-      await refused(`nbds://localhost:${x.port}/nbdkit?tls-certificates=${pki.caOnlyDir}&tls-hostname=store.example`,
+      const x = await startNbdkit(cleanup, ['memory', '1M'], { extra: ['--tls=require', `--tls-certificates=${material.pki.serverDir}`] });
+      await refused(`nbds://localhost:${x.port}/nbdkit?tls-certificates=${material.otherPki.caOnlyDir}`, /TLS handshake failed: .*certificate/);
+      await refused(`nbds://localhost:${x.port}/nbdkit?tls-certificates=${material.pki.caOnlyDir}&tls-hostname=store.example`,
         /TLS handshake failed: .*store\.example/);
-      const p = await startNbdkit(cleanup, ['memory', '1M'], { extra: ['--tls=require', `--tls-psk=${psk}`] });
-      await refused(`nbds://alice@127.0.0.1:${p.port}/nbdkit?tls-psk-file=${wrongPsk}`, /TLS handshake failed: .*key for this user refused/);
-      await refused(`nbds://bob@127.0.0.1:${p.port}/nbdkit?tls-psk-file=${psk}`, /has no key for user "bob"/);
+      const p = await startNbdkit(cleanup, ['memory', '1M'], { extra: ['--tls=require', `--tls-psk=${material.psk}`] });
+      await refused(`nbds://alice@127.0.0.1:${p.port}/nbdkit?tls-psk-file=${material.otherPsk}`, /TLS handshake failed: .*key for this user refused/);
+      await refused(`nbds://bob@127.0.0.1:${p.port}/nbdkit?tls-psk-file=${material.psk}`, /has no key for user "bob"/);
     });
 
     it('tls-verify-peer=0 encrypts without checking who the server is', async function () {
-      const k = await startNbdkit(cleanup, ['memory', '8M'], { extra: ['--tls=require', `--tls-certificates=${pki.serverDir}`] });
-      const c = await connect(`nbds://localhost:${k.port}/nbdkit?tls-certificates=${otherPki.caOnlyDir}&tls-verify-peer=0`);
+      const k = await startNbdkit(cleanup, ['memory', '8M'], { extra: ['--tls=require', `--tls-certificates=${material.pki.serverDir}`] });
+      const c = await connect(`nbds://localhost:${k.port}/nbdkit?tls-certificates=${material.otherPki.caOnlyDir}&tls-verify-peer=0`);
       await roundTrip(c);
       await c.close();
     });
 
     it('a clear-text client is told to use nbds://', async function () {
-      const k = await startNbdkit(cleanup, ['memory', '1M'], { extra: ['--tls=require', `--tls-psk=${psk}`] });
+      const k = await startNbdkit(cleanup, ['memory', '1M'], { extra: ['--tls=require', `--tls-psk=${material.psk}`] });
       await refused(`nbd://127.0.0.1:${k.port}/nbdkit`, /requires TLS: use an nbds:\/\/ URI/);
     });
   });
 
   it('qemu-nbd with tls-creds-x509 (it asks for our client certificate)', async function () {
-    const image = makeImage(dir, 'q.img', 4 * MiB);
+    const image = makeImage(material.dir, 'q.img', 4 * MiB);
     const q = await startQemuNbd(cleanup, image, {
-      name: 'q', extra: ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.serverDir},verify-peer=on`, '--tls-creds', 'tls0'],
+      name: 'q', extra: ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${material.pki.serverDir},verify-peer=on`, '--tls-creds', 'tls0'],
     });
-    const c = await connect(`nbds://localhost:${q.port}/q?tls-certificates=${pki.clientDir}`);
+    const c = await connect(`nbds://localhost:${q.port}/q?tls-certificates=${material.pki.clientDir}`);
     assert.strictEqual(c.size, 4 * MiB);
     await roundTrip(c);
     await c.close();
     // Without a client certificate, qemu-nbd (verify-peer=on) ends the handshake.
-    await refused(`nbds://localhost:${q.port}/q?tls-certificates=${pki.caOnlyDir}`, /TLS|closed/);
+    await refused(`nbds://localhost:${q.port}/q?tls-certificates=${material.pki.caOnlyDir}`, /TLS|closed/);
   });
 
   it('nbd-server with force_tls (it asks for our client certificate)', async function () {
-    const image = makeImage(dir, 'ns.img', 4 * MiB);
-    const srv = await startNbdServer(cleanup, dir, image, {
+    const image = makeImage(material.dir, 'ns.img', 4 * MiB);
+    const srv = await startNbdServer(cleanup, material.dir, image, {
       name: 'ns',
-      generic: [`certfile = ${pki.serverDir}/server-cert.pem`, `keyfile = ${pki.serverDir}/server-key.pem`,
-        `cacertfile = ${pki.serverDir}/ca-cert.pem`, 'force_tls = true'],
+      generic: [`certfile = ${material.pki.serverDir}/server-cert.pem`, `keyfile = ${material.pki.serverDir}/server-key.pem`,
+        `cacertfile = ${material.pki.serverDir}/ca-cert.pem`, 'force_tls = true'],
     });
     await refused(`nbd://127.0.0.1:${srv.port}/ns`, /requires TLS: use an nbds:\/\/ URI/);
-    const c = await connect(`nbds://localhost:${srv.port}/ns?tls-certificates=${pki.clientDir}`);
+    const c = await connect(`nbds://localhost:${srv.port}/ns?tls-certificates=${material.pki.clientDir}`);
     assert.strictEqual(c.size, 4 * MiB);
     await roundTrip(c);
     await c.close();
@@ -132,7 +122,7 @@ describe('nbd client: TLS', function () {
     const proxy = await FaultProxy.start({ port: k.port });
     cleanup.add(() => proxy.close());
     proxy.recording = { up: [], down: [] };
-    await refused(`nbds://localhost:${proxy.port}/nbdkit?tls-certificates=${pki.caOnlyDir}`,
+    await refused(`nbds://localhost:${proxy.port}/nbdkit?tls-certificates=${material.pki.caOnlyDir}`,
       /(does not support TLS|has TLS off).*never falls back to clear text/);
     const up = Buffer.concat(proxy.recording.up);
     // After the refusal the client may end with NBD_OPT_ABORT (proto.md, option haggling), which carries nothing.
@@ -144,11 +134,11 @@ describe('nbd client: TLS', function () {
   });
 
   it('over TLS, no request or data crosses in clear text', async function () {
-    const k = await startNbdkit(cleanup, ['memory', '8M'], { extra: ['--tls=require', `--tls-certificates=${pki.serverDir}`] });
+    const k = await startNbdkit(cleanup, ['memory', '8M'], { extra: ['--tls=require', `--tls-certificates=${material.pki.serverDir}`] });
     const proxy = await FaultProxy.start({ port: k.port });
     cleanup.add(() => proxy.close());
     proxy.recording = { up: [], down: [] };
-    const c = await connect(`nbds://localhost:${proxy.port}/nbdkit?tls-certificates=${pki.caOnlyDir}`);
+    const c = await connect(`nbds://localhost:${proxy.port}/nbdkit?tls-certificates=${material.pki.caOnlyDir}`);
     const marker = Buffer.from('a sector no eavesdropper may read. '.repeat(1000));
     await c.write(0, marker);
     assert.ok((await c.read(0, marker.length)).equals(marker));
@@ -164,20 +154,20 @@ describe('nbd client: TLS', function () {
   });
 
   it('a connection given up over TLS ends with a reset, not a FIN (queued writes are dropped)', async function () {
-    const image = makeImage(dir, 'rst.img', MiB);
-    const srv = await serveImage(cleanup, image, { name: 'd', args: ['--tls', 'require', '--tls-psk', psk], env: { NETDISK_LOG_LEVEL: 'debug' } });
-    const c = await connect(`nbds://alice@127.0.0.1:${srv.port}/d?tls-psk-file=${psk}`);
+    const image = makeImage(material.dir, 'rst.img', MiB);
+    const srv = await serveImage(cleanup, image, { name: 'd', args: ['--tls', 'require', '--tls-psk', material.psk], env: { NETDISK_LOG_LEVEL: 'debug' } });
+    const c = await connect(`nbds://alice@127.0.0.1:${srv.port}/d?tls-psk-file=${material.psk}`);
     c.destroy();
     for (let i = 0; i < 200 && !/ECONNRESET/.test(srv.child.stderr()); i++) await new Promise((r) => setTimeout(r, 25));
     assert.match(srv.child.stderr(), /ECONNRESET/, 'the server saw no reset');
   });
 
   it('our server over nbds+unix://, and a reconnect makes a fresh TLS handshake', async function () {
-    const sock = path.join(dir, 'srv.sock');
-    const image = makeImage(dir, 'srv.img', 4 * MiB);
-    const args = ['--tls', 'require', '--tls-psk', psk];
+    const sock = path.join(material.dir, 'srv.sock');
+    const image = makeImage(material.dir, 'srv.img', 4 * MiB);
+    const args = ['--tls', 'require', '--tls-psk', material.psk];
     let srv = await serveImage(cleanup, image, { name: 'd', listen: `unix:${sock}`, args });
-    const e = parseNbdUri(`nbds+unix://alice@/d?socket=${sock}&tls-psk-file=${psk}`);
+    const e = parseNbdUri(`nbds+unix://alice@/d?socket=${sock}&tls-psk-file=${material.psk}`);
     const rc = await ReconnectingClient.connect({
       host: e.host, port: e.port, socket: e.socket, exportName: e.exportName, tls: e.tls, timeoutMs: 0, failAfterMs: 30_000,
     });

@@ -9,11 +9,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as tls from 'tls';
 import { cleanupAfterAll, cleanupAfterEach, run, runOk } from '../helpers/procs';
-import { makeImage, MiB, readAt, sha256, tempDir, fileHash } from '../helpers/images';
+import { makeImage, MiB, readAt, sha256, fileHash } from '../helpers/images';
 import { nbdinfoJson, requirePeer } from '../helpers/peers';
 import { goData, option, RawConn, u32 } from '../helpers/raw-nbd';
 import { serveImage, Served } from '../helpers/serve';
-import { makeTlsMaterial, Pki } from '../helpers/tls';
+import { suiteTlsMaterial } from '../helpers/tls';
 
 const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8 };
 const REP = { ACK: 1, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005 };
@@ -21,50 +21,40 @@ const REP = { ACK: 1, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID
 describe('server: TLS', function () {
   const shared = cleanupAfterAll();
   const cleanup = cleanupAfterEach();
-  let dir = '';
-  let pki: Pki;
-  let otherPki: Pki;
-  let psk = '';
-  let otherPsk = '';
+  const material = suiteTlsMaterial(shared);
 
-  before(function () {
-    requirePeer('certtool');
-    requirePeer('psktool');
-    ({ dir, pki, otherPki, psk, otherPsk } = makeTlsMaterial(tempDir(shared)));
-  });
-
-  const x509 = (mode = 'require'): string[] => ['--tls', mode, '--tls-certificates', pki.serverDir];
-  const withPsk = (mode = 'require'): string[] => ['--tls', mode, '--tls-psk', psk];
+  const x509 = (mode = 'require'): string[] => ['--tls', mode, '--tls-certificates', material.pki.serverDir];
+  const withPsk = (mode = 'require'): string[] => ['--tls', mode, '--tls-psk', material.psk];
   const nbds = (srv: Served, query: string, name = 'disk'): string => `nbds://localhost:${srv.port}/${name}?${query}`;
 
   describe('X.509', function () {
     it('nbdinfo over nbds:// verifies our certificate and sees the export', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'x1.img'), { size: '8M', name: 'disk', args: x509() });
-      const info = await nbdinfoJson(nbds(srv, `tls-certificates=${pki.caOnlyDir}`));
+      const srv = await serveImage(cleanup, path.join(material.dir, 'x1.img'), { size: '8M', name: 'disk', args: x509() });
+      const info = await nbdinfoJson(nbds(srv, `tls-certificates=${material.pki.caOnlyDir}`));
       assert.match(info.protocol, /newstyle-fixed/);
       assert.strictEqual(info.TLS, true);
       assert.strictEqual(info.exports[0]?.['export-size'], 8 * MiB);
     });
 
     it('nbdcopy writes and reads back 16 MiB through TLS (several connections)', async function () {
-      const image = makeImage(dir, 'x2.img', 16 * MiB, 'random');
+      const image = makeImage(material.dir, 'x2.img', 16 * MiB, 'random');
       const srv = await serveImage(cleanup, image, { name: 'disk', args: x509() });
-      const src = path.join(dir, 'x2-src.raw');
+      const src = path.join(material.dir, 'x2-src.raw');
       const data = randomBytes(16 * MiB);
       fs.writeFileSync(src, data);
-      const uri = nbds(srv, `tls-certificates=${pki.clientDir}`);
+      const uri = nbds(srv, `tls-certificates=${material.pki.clientDir}`);
       await runOk(requirePeer('nbdcopy'), [src, uri]);
       assert.strictEqual(fileHash(image), sha256(data));
-      const back = path.join(dir, 'x2-back.raw');
+      const back = path.join(material.dir, 'x2-back.raw');
       await runOk(requirePeer('nbdcopy'), [uri, back]);
       assert.strictEqual(fileHash(back), sha256(data));
     });
 
     it('qemu-io with tls-creds-x509 (and a client certificate) writes what the image then holds', async function () {
-      const image = makeImage(dir, 'x3.img', 4 * MiB);
+      const image = makeImage(material.dir, 'x3.img', 4 * MiB);
       const srv = await serveImage(cleanup, image, { name: 'disk', args: x509() });
       const r = await run(requirePeer('qemu-io'), [
-        '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.clientDir}`,
+        '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${material.pki.clientDir}`,
         '--image-opts', `driver=nbd,host=localhost,port=${srv.port},export=disk,tls-creds=tls0`,
         '-c', 'write -P 0x5a 1M 64k', '-c', 'read -P 0x5a 1M 64k',
       ]);
@@ -75,11 +65,11 @@ describe('server: TLS', function () {
     });
 
     it('a client certificate from another CA is refused', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'x4.img'), { size: '1M', name: 'disk', args: x509() });
-      const mixed = path.join(dir, 'mixed');
+      const srv = await serveImage(cleanup, path.join(material.dir, 'x4.img'), { size: '1M', name: 'disk', args: x509() });
+      const mixed = path.join(material.dir, 'mixed');
       fs.mkdirSync(mixed, { recursive: true });
-      fs.copyFileSync(path.join(pki.caOnlyDir, 'ca-cert.pem'), path.join(mixed, 'ca-cert.pem'));
-      for (const f of ['client-cert.pem', 'client-key.pem']) fs.copyFileSync(path.join(otherPki.clientDir, f), path.join(mixed, f));
+      fs.copyFileSync(path.join(material.pki.caOnlyDir, 'ca-cert.pem'), path.join(mixed, 'ca-cert.pem'));
+      for (const f of ['client-cert.pem', 'client-key.pem']) fs.copyFileSync(path.join(material.otherPki.clientDir, f), path.join(mixed, f));
       const r = await run(requirePeer('nbdinfo'), ['--size', nbds(srv, `tls-certificates=${mixed}`)]);
       assert.notStrictEqual(r.code, 0);
       assert.strictEqual(r.stdout.toString(), '');
@@ -87,18 +77,18 @@ describe('server: TLS', function () {
     });
 
     it('a client that trusts another CA refuses us', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'x5.img'), { size: '1M', name: 'disk', args: x509() });
-      const r = await run(requirePeer('nbdinfo'), ['--size', nbds(srv, `tls-certificates=${otherPki.caOnlyDir}`)]);
+      const srv = await serveImage(cleanup, path.join(material.dir, 'x5.img'), { size: '1M', name: 'disk', args: x509() });
+      const r = await run(requirePeer('nbdinfo'), ['--size', nbds(srv, `tls-certificates=${material.otherPki.caOnlyDir}`)]);
       assert.notStrictEqual(r.code, 0);
       assert.match(r.stderr, /certificate/i);
     });
 
     it('over a unix socket: nbds+unix://', async function () {
-      const sock = path.join(dir, 'x6.sock');
-      const srv = await serveImage(cleanup, path.join(dir, 'x6.img'), { size: '2M', name: 'disk', listen: `unix:${sock}`, args: x509() });
+      const sock = path.join(material.dir, 'x6.sock');
+      const srv = await serveImage(cleanup, path.join(material.dir, 'x6.img'), { size: '2M', name: 'disk', listen: `unix:${sock}`, args: x509() });
       assert.strictEqual(srv.socket, sock);
       // No host in a unix URI: tls-hostname names the one the certificate carries.
-      const uri = `nbds+unix:///disk?socket=${sock}&tls-certificates=${pki.caOnlyDir}&tls-hostname=localhost`;
+      const uri = `nbds+unix:///disk?socket=${sock}&tls-certificates=${material.pki.caOnlyDir}&tls-hostname=localhost`;
       const r = await runOk(requirePeer('nbdinfo'), ['--size', uri]);
       assert.strictEqual(r.stdout.toString().trim(), String(2 * MiB));
     });
@@ -106,14 +96,14 @@ describe('server: TLS', function () {
 
   describe('PSK', function () {
     it('nbdinfo and qemu-img with psktool\'s key file', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'p1.img'), { size: '3M', name: 'disk', args: withPsk() });
-      const info = await nbdinfoJson(`nbds://alice@localhost:${srv.port}/disk?tls-psk-file=${psk}`);
+      const srv = await serveImage(cleanup, path.join(material.dir, 'p1.img'), { size: '3M', name: 'disk', args: withPsk() });
+      const info = await nbdinfoJson(`nbds://alice@localhost:${srv.port}/disk?tls-psk-file=${material.psk}`);
       assert.strictEqual(info.TLS, true);
       assert.strictEqual(info.exports[0]?.['export-size'], 3 * MiB);
       // qemu reads keys.psk from a directory.
-      const qdir = path.join(dir, 'qemu-psk');
+      const qdir = path.join(material.dir, 'qemu-psk');
       fs.mkdirSync(qdir, { recursive: true });
-      fs.copyFileSync(psk, path.join(qdir, 'keys.psk'));
+      fs.copyFileSync(material.psk, path.join(qdir, 'keys.psk'));
       const r = await runOk(requirePeer('qemu-img'), ['info', '--output=json',
         '--object', `tls-creds-psk,id=tls0,endpoint=client,dir=${qdir},username=alice`,
         '--image-opts', `driver=nbd,host=127.0.0.1,port=${srv.port},export=disk,tls-creds=tls0`]);
@@ -121,33 +111,33 @@ describe('server: TLS', function () {
     });
 
     it('nbdcopy over PSK on a unix socket', async function () {
-      const sock = path.join(dir, 'p2.sock');
-      const image = makeImage(dir, 'p2.img', 8 * MiB);
+      const sock = path.join(material.dir, 'p2.sock');
+      const image = makeImage(material.dir, 'p2.img', 8 * MiB);
       await serveImage(cleanup, image, { name: 'disk', listen: `unix:${sock}`, args: withPsk() });
-      const src = path.join(dir, 'p2-src.raw');
+      const src = path.join(material.dir, 'p2-src.raw');
       const data = randomBytes(8 * MiB);
       fs.writeFileSync(src, data);
-      await runOk(requirePeer('nbdcopy'), [src, `nbds+unix://alice@/disk?socket=${sock}&tls-psk-file=${psk}`]);
+      await runOk(requirePeer('nbdcopy'), [src, `nbds+unix://alice@/disk?socket=${sock}&tls-psk-file=${material.psk}`]);
       assert.strictEqual(fileHash(image), sha256(data));
     });
 
     it('a wrong key, and an unknown user, are refused; no key reaches the log', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'p3.img'), { size: '1M', name: 'disk', args: withPsk() });
-      for (const uri of [`nbds://alice@localhost:${srv.port}/disk?tls-psk-file=${otherPsk}`,
-        `nbds://bob@localhost:${srv.port}/disk?tls-psk-file=${psk}`]) {
+      const srv = await serveImage(cleanup, path.join(material.dir, 'p3.img'), { size: '1M', name: 'disk', args: withPsk() });
+      for (const uri of [`nbds://alice@localhost:${srv.port}/disk?tls-psk-file=${material.otherPsk}`,
+        `nbds://bob@localhost:${srv.port}/disk?tls-psk-file=${material.psk}`]) {
         const r = await run(requirePeer('nbdinfo'), ['--size', uri]);
         assert.notStrictEqual(r.code, 0, uri);
         assert.strictEqual(r.stdout.toString(), '');
       }
       await waitForLog(srv, /TLS handshake failed/);
-      const keys = [psk, otherPsk].map((f) => fs.readFileSync(f, 'utf8').trim().split(':')[1] as string);
+      const keys = [material.psk, material.otherPsk].map((f) => fs.readFileSync(f, 'utf8').trim().split(':')[1] as string);
       for (const k of keys) assert.ok(!srv.child.stderr().toLowerCase().includes(k.toLowerCase()), 'a key in the log');
     });
   });
 
   describe('--tls require: nothing before STARTTLS', function () {
     it('every option but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD, with no export data', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'r1.img'), { size: '1M', name: 'disk', args: x509() });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'r1.img'), { size: '1M', name: 'disk', args: x509() });
       const c = await RawConn.connect(srv.port);
       cleanup.add(() => c.destroy());
       await c.greeting();
@@ -165,7 +155,7 @@ describe('server: TLS', function () {
     });
 
     it('EXPORT_NAME before STARTTLS ends the session (it has no error reply)', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'r2.img'), { size: '1M', name: 'disk', args: x509() });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'r2.img'), { size: '1M', name: 'disk', args: x509() });
       const c = await RawConn.connect(srv.port);
       await c.greeting();
       c.write(u32(3));
@@ -174,14 +164,14 @@ describe('server: TLS', function () {
     });
 
     it('nbdinfo over nbd:// (clear text) is refused', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'r3.img'), { size: '1M', name: 'disk', args: withPsk() });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'r3.img'), { size: '1M', name: 'disk', args: withPsk() });
       const r = await run(requirePeer('nbdinfo'), ['--size', srv.uri()]);
       assert.notStrictEqual(r.code, 0);
       assert.strictEqual(r.stdout.toString(), '');
     });
 
     it('bytes sent behind STARTTLS, before its reply, close the connection unanswered', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'r4.img'), { size: '1M', name: 'disk', args: x509() });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'r4.img'), { size: '1M', name: 'disk', args: x509() });
       const c = await RawConn.connect(srv.port);
       await c.greeting();
       c.write(Buffer.concat([u32(3), option(OPT.STARTTLS), option(OPT.GO, goData('disk'))]));
@@ -189,7 +179,7 @@ describe('server: TLS', function () {
     });
 
     it('clear text after the ACK instead of a TLS handshake: closed unanswered, the server serves on', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'r6.img'), { size: '1M', name: 'disk', args: withPsk() });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'r6.img'), { size: '1M', name: 'disk', args: withPsk() });
       const c = await RawConn.connect(srv.port);
       await c.greeting();
       c.write(u32(3));
@@ -197,11 +187,11 @@ describe('server: TLS', function () {
       assert.strictEqual((await c.optionReply()).type, REP.ACK);
       c.write(option(OPT.GO, goData('disk')));
       assert.strictEqual((await c.untilClosed()).length, 0, 'the server answered in clear text');
-      assert.strictEqual((await nbdinfoJson(`nbds://alice@localhost:${srv.port}/disk?tls-psk-file=${psk}`)).TLS, true);
+      assert.strictEqual((await nbdinfoJson(`nbds://alice@localhost:${srv.port}/disk?tls-psk-file=${material.psk}`)).TLS, true);
     });
 
     it('a client that stalls in the TLS handshake is closed by --handshake-timeout', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'r7.img'), { size: '1M', name: 'disk', args: [...withPsk(), '--handshake-timeout', '1'] });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'r7.img'), { size: '1M', name: 'disk', args: [...withPsk(), '--handshake-timeout', '1'] });
       const c = await RawConn.connect(srv.port);
       await c.greeting();
       c.write(u32(3));
@@ -212,7 +202,7 @@ describe('server: TLS', function () {
     });
 
     it('STARTTLS with data is invalid; a second STARTTLS inside TLS is invalid; then GO works', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'r5.img'), { size: '5M', name: 'disk', args: x509() });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'r5.img'), { size: '5M', name: 'disk', args: x509() });
       const c = await RawConn.connect(srv.port);
       cleanup.add(() => c.destroy());
       await c.greeting();
@@ -221,7 +211,7 @@ describe('server: TLS', function () {
       assert.strictEqual((await c.optionReply()).type, REP.ERR_INVALID);
       c.write(option(OPT.STARTTLS));
       assert.strictEqual((await c.optionReply()).type, REP.ACK);
-      const secure = tls.connect({ socket: c.sock, ca: fs.readFileSync(path.join(pki.caOnlyDir, 'ca-cert.pem')), servername: 'localhost' });
+      const secure = tls.connect({ socket: c.sock, ca: fs.readFileSync(path.join(material.pki.caOnlyDir, 'ca-cert.pem')), servername: 'localhost' });
       await new Promise<void>((resolve, reject) => secure.once('secureConnect', resolve).once('error', reject));
       const t = RawConn.from(secure);
       t.write(option(OPT.STARTTLS));
@@ -236,9 +226,9 @@ describe('server: TLS', function () {
 
   describe('--tls on and off', function () {
     it('on: clear text and TLS clients are both served', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'o1.img'), { size: '2M', name: 'disk', args: x509('on') });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'o1.img'), { size: '2M', name: 'disk', args: x509('on') });
       assert.strictEqual((await nbdinfoJson(srv.uri())).TLS, false);
-      assert.strictEqual((await nbdinfoJson(nbds(srv, `tls-certificates=${pki.caOnlyDir}`))).TLS, true);
+      assert.strictEqual((await nbdinfoJson(nbds(srv, `tls-certificates=${material.pki.caOnlyDir}`))).TLS, true);
       // Every connection, TLS or not, is accounted for: the server stops at once and cleanly.
       const exit = await srv.stop();
       assert.strictEqual(exit.code, 0, srv.child.stderr());
@@ -246,28 +236,28 @@ describe('server: TLS', function () {
     });
 
     it('off: STARTTLS gets NBD_REP_ERR_POLICY and nbds:// clients fail', async function () {
-      const srv = await serveImage(cleanup, path.join(dir, 'o2.img'), { size: '1M', name: 'disk' });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'o2.img'), { size: '1M', name: 'disk' });
       const c = await RawConn.connect(srv.port);
       cleanup.add(() => c.destroy());
       await c.greeting();
       c.write(u32(3));
       c.write(option(OPT.STARTTLS));
       assert.strictEqual((await c.optionReply()).type, REP.ERR_POLICY);
-      const r = await run(requirePeer('nbdinfo'), ['--size', nbds(srv, `tls-certificates=${pki.caOnlyDir}`)]);
+      const r = await run(requirePeer('nbdinfo'), ['--size', nbds(srv, `tls-certificates=${material.pki.caOnlyDir}`)]);
       assert.notStrictEqual(r.code, 0);
     });
   });
 
   describe('key files', function () {
     it('a world-readable PSK file or server key gets a warning naming the file', async function () {
-      const open = path.join(dir, 'open.psk');
-      fs.copyFileSync(psk, open);
+      const open = path.join(material.dir, 'open.psk');
+      fs.copyFileSync(material.psk, open);
       fs.chmodSync(open, 0o644);
-      const srv = await serveImage(cleanup, path.join(dir, 'k1.img'), { size: '1M', args: ['--tls', 'on', '--tls-psk', open] });
+      const srv = await serveImage(cleanup, path.join(material.dir, 'k1.img'), { size: '1M', args: ['--tls', 'on', '--tls-psk', open] });
       const w = srv.logs().find((l) => l.level === 40 && /readable by every user/.test(l.msg));
       assert.ok(w, srv.child.stderr());
       assert.strictEqual(w.file, open);
-      const quiet = await serveImage(cleanup, path.join(dir, 'k2.img'), { size: '1M', args: x509('on') });
+      const quiet = await serveImage(cleanup, path.join(material.dir, 'k2.img'), { size: '1M', args: x509('on') });
       assert.strictEqual(quiet.logs().filter((l) => l.level === 40).length, 0, quiet.child.stderr());
     });
   });
