@@ -72,6 +72,20 @@ export async function runForeground(
     throw new CliError(`${command}: ${msg}`, 1, detail);
   }
   const live = info;
+  // The handlers go in before the device is reported live: `del` or systemd may stop the
+  // daemon the moment they hear of it, and Node's default action would kill it mid-device.
+  const stopped = new Promise<void>((resolve) => {
+    const onSignal = (sig: string): void => {
+      log.info({ signal: sig }, 'stopping the device');
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve();
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    process.on('SIGHUP', () => log.info('SIGHUP ignored'));
+    void daemon.done.then(resolve);
+  });
   const start = zeroCounters(Date.now());
   const stats = await StatsSocket.listen(statsSocketPath(live.id), {
     name: live.device, detail: live.remote, start, read: () => daemon.readCounters(),
@@ -102,18 +116,7 @@ export async function runForeground(
   }
   await deviceNode(info.device, log);
   systemd.ready(`${info.device} is live (${formatSize(info.size)} from ${info.remote})`);
-  await new Promise<void>((resolve) => {
-    const onSignal = (sig: string): void => {
-      log.info({ signal: sig }, 'stopping the device');
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      resolve();
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    process.on('SIGHUP', () => log.info('SIGHUP ignored'));
-    void daemon.done.then(resolve);
-  });
+  await stopped;
   systemd.stopping(`stopping ${info.device}: in-flight requests finish, then the device is deleted`);
   await daemon.stop();
   await stats?.close();

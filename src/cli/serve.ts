@@ -128,20 +128,23 @@ export async function serve(argv: string[]): Promise<number> {
     const e = err as NodeJS.ErrnoException;
     throw new CliError(`serve: ${metrics || !metricsAt ? '--stats-socket' : '--metrics'}: cannot listen: ${e.code ?? e.message}`);
   }
-  log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, io: store.engine, listen: server.addressText(), tls: plan.tls,
-    ...(metrics ? { metrics: metrics.text } : {}) }, 'serving');
-  systemd.ready(`serving ${image} (${formatSize(store.size)}) as export "${exportName}" on ${server.addressText()}`);
-  await new Promise<void>((resolve) => {
+  // The handlers go in before anyone hears "serving": a stop sent right after READY=1 must
+  // find them, not Node's default action (death by the signal, connections cut).
+  const stopSignal = new Promise<string>((resolve) => {
     const stop = (sig: string): void => {
-      log.info({ signal: sig, connections: server.connections }, 'shutting down');
-      systemd.stopping(`shutting down: ${server.connections} connections finish their requests`);
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      resolve();
+      resolve(sig);
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+  log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, io: store.engine, listen: server.addressText(), tls: plan.tls,
+    ...(metrics ? { metrics: metrics.text } : {}) }, 'serving');
+  systemd.ready(`serving ${image} (${formatSize(store.size)}) as export "${exportName}" on ${server.addressText()}`);
+  const sig = await stopSignal;
+  log.info({ signal: sig, connections: server.connections }, 'shutting down');
+  systemd.stopping(`shutting down: ${server.connections} connections finish their requests`);
   await server.close();
   await stats?.close();
   await metrics?.close();

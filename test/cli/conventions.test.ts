@@ -5,7 +5,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { tempDir } from '../helpers/images';
 import { freePort, HOST } from '../helpers/net';
-import { cleanupAfterAll, run } from '../helpers/procs';
+import { cleanupAfterAll, run, runUntilSeen } from '../helpers/procs';
 import { cliPath } from '../helpers/serve';
 import { repoRoot } from '../helpers/vm';
 
@@ -14,30 +14,6 @@ const COMMANDS = ['serve', 'add', 'del', 'list', 'stats', 'recover', 'bench'];
 function cli(args: string[], env: NodeJS.ProcessEnv = process.env) {
   return run(process.execPath, [cliPath(), ...args], { env });
 }
-
-// Runs a command on a pseudo-terminal (python's pty module: a real one, not a pipe that
-// claims to be a terminal) until its output shows `until`, then stops it with SIGINT.
-const ON_PTY = `
-import os, pty, signal, sys
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-out = b''
-stopped = False
-while True:
-    try:
-        b = os.read(fd, 4096)
-    except OSError:
-        break
-    if not b:
-        break
-    out += b
-    if not stopped and sys.argv[1].encode() in out:
-        os.kill(pid, signal.SIGINT)
-        stopped = True
-os.waitpid(pid, 0)
-sys.stdout.buffer.write(out)
-`;
 
 describe('cli: conventions', function () {
   this.timeout(120_000);
@@ -82,8 +58,8 @@ describe('cli: conventions', function () {
 
     async function serveOnPty(env: NodeJS.ProcessEnv): Promise<string> {
       const port = await freePort();
-      const r = await run('python3', ['-c', ON_PTY, 'serving', process.execPath, cliPath(), 'serve',
-        path.join(dir, 'disk.img'), '--size', '1M', '--listen', `${HOST}:${port}`], { env });
+      const r = await runUntilSeen([process.execPath, cliPath(), 'serve', path.join(dir, 'disk.img'), '--size', '1M',
+        '--listen', `${HOST}:${port}`], { until: 'serving', on: 'pty', env });
       assert.strictEqual(r.code, 0, r.stderr);
       const out = r.stdout.toString();
       assert.match(out, /serving/, 'serve never said it was serving');
@@ -111,20 +87,9 @@ describe('cli: conventions', function () {
 
     it('not a terminal: the readable format asked for by name still has no colour', async () => {
       const port = await freePort();
-      const r = await run('python3', ['-c', `
-import subprocess, sys
-p = subprocess.Popen(sys.argv[1:], stderr=subprocess.PIPE)
-out = b''
-while b'serving' not in out:
-    b = p.stderr.read1(4096)
-    if not b: break
-    out += b
-p.send_signal(2)
-out += p.stderr.read()
-p.wait()
-sys.stdout.buffer.write(out)
-`, process.execPath, cliPath(), 'serve', path.join(dir, 'disk.img'), '--size', '1M', '--listen', `${HOST}:${port}`],
-      { env: env({ NETDISK_LOG_FORMAT: 'pretty' }) });
+      const r = await runUntilSeen([process.execPath, cliPath(), 'serve', path.join(dir, 'disk.img'), '--size', '1M',
+        '--listen', `${HOST}:${port}`], { until: 'serving', on: 'stderr', env: env({ NETDISK_LOG_FORMAT: 'pretty' }) });
+      assert.strictEqual(r.code, 0, r.stderr);
       const out = r.stdout.toString();
       assert.match(out, /serving/);
       assert.doesNotMatch(out, /\x1b\[/);

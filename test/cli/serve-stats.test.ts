@@ -8,7 +8,7 @@ import type { StatsReport } from '../../src/stats/report';
 import { makeImage, MiB, tempDir } from '../helpers/images';
 import { freePort, HOST } from '../helpers/net';
 import { qemuIo, requirePeer } from '../helpers/peers';
-import { cleanupAfterEach, run, runOk } from '../helpers/procs';
+import { cleanupAfterEach, run, runOk, runUntilSeen } from '../helpers/procs';
 import { cliPath, serveImage } from '../helpers/serve';
 
 function scrape(port: number): Promise<string> {
@@ -81,37 +81,15 @@ describe('cli: serve --metrics and --stats-socket', function () {
     const sock = path.join(dir, 'serve.stats.sock');
     const srv = await serveImage(cleanup, makeImage(dir, 'disk.img', MiB, 'zero'), { name: 'disk', args: ['--stats-socket', sock] });
     assert.strictEqual((await qemuIo(srv.uri('disk'), ['write 0 64k'])).code, 0);
-    // Python runs it until `count` intervals came out, then sends SIGINT: on a pipe, then on a pty.
-    const watch = (pty: boolean): Promise<{ code: number | null; stdout: Buffer }> => run('python3', ['-c', `
-import os, pty, signal, subprocess, sys
-argv, count, use_pty = sys.argv[3:], int(sys.argv[1]), sys.argv[2] == 'pty'
-if use_pty:
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execvp(argv[0], argv)
-else:
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE)
-    pid, fd = p.pid, p.stdout.fileno()
-out = b''
-while out.count(b'export "disk"') < count:
-    try:
-        b = os.read(fd, 4096)
-    except OSError:
-        break
-    if not b:
-        break
-    out += b
-os.kill(pid, signal.SIGINT)
-_, status = os.waitpid(pid, 0)
-sys.stdout.buffer.write(out)
-sys.exit(os.waitstatus_to_exitcode(status))
-`, '3', pty ? 'pty' : 'pipe', process.execPath, cliPath(), 'stats', '--socket', sock, '--watch', '1']);
-    const piped = await watch(false);
+    // Until three intervals came out, then SIGINT: on a pipe, then on a terminal.
+    const watch = (on: 'stdout' | 'pty') => runUntilSeen([process.execPath, cliPath(), 'stats', '--socket', sock, '--watch', '1'],
+      { until: 'export "disk"', count: 3, on });
+    const piped = await watch('stdout');
     assert.strictEqual(piped.code, 0);
     const lines = piped.stdout.toString().trimEnd().split('\n');
     assert.strictEqual(lines.length, 3, piped.stdout.toString());
     for (const l of lines) assert.match(l, /^\d{4}-\d\d-\d\dT[\d:.]+Z export "disk" read 0\/s .* write 0\/s /);
-    const tty = await watch(true);
+    const tty = await watch('pty');
     assert.strictEqual(tty.code, 0);
     const screens = tty.stdout.toString().split('\x1b[H\x1b[2J').slice(1);
     assert.ok(screens.length >= 3, tty.stdout.toString());

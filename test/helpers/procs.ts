@@ -97,6 +97,46 @@ export async function runOk(cmd: string, args: string[], opts: SpawnOptions & { 
   return r;
 }
 
+// Runs argv on a pseudo-terminal (python's pty module: a real one, not a pipe that claims to
+// be a terminal) or with one of its outputs on a pipe, reads that output until `until` has
+// come `count` times, sends SIGINT, reads the rest and exits with the command's exit code.
+const UNTIL_SEEN = `
+import os, pty, signal, subprocess, sys
+until, count, on, argv = sys.argv[1].encode(), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+if on == 'pty':
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(argv[0], argv)
+else:
+    p = subprocess.Popen(argv, **{on: subprocess.PIPE})
+    pid, fd = p.pid, getattr(p, on).fileno()
+out = b''
+stopped = False
+while True:
+    try:
+        b = os.read(fd, 4096)
+    except OSError:
+        break
+    if not b:
+        break
+    out += b
+    if not stopped and out.count(until) >= count:
+        os.kill(pid, signal.SIGINT)
+        stopped = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+`;
+
+/**
+ * Runs a command until its output (a terminal's, or stdout or stderr on a pipe) has shown
+ * `until` `count` times, then stops it with SIGINT as a user at a terminal would. The
+ * result's stdout is all that output; its code is the command's exit code.
+ */
+export function runUntilSeen(argv: string[], opts: { until: string; count?: number; on: 'pty' | 'stdout' | 'stderr'; env?: NodeJS.ProcessEnv }): Promise<RunResult> {
+  return run('python3', ['-c', UNTIL_SEEN, opts.until, String(opts.count ?? 1), opts.on, ...argv], { env: opts.env ?? process.env });
+}
+
 /** Cleanup steps run last-in first-out; every step runs even when one fails. */
 export class Cleanup {
   private steps: Array<() => unknown> = [];
