@@ -11,15 +11,14 @@ import { DEVICE_OPTIONS, DEVICE_USAGE, parseDeviceArgs } from './device-args';
 import { runForeground, spawnDaemon } from './daemonize';
 import { inventory } from '../device/inventory';
 import { UblkCtrl } from '../ublk';
-import { METRICS_USAGE, parseMetricsArg } from './metrics-arg';
 import { DEVICES_FILE, listedDevice, readDevices } from './devices-file';
 import { CliError, UsageError } from './errors';
 import { openKeyFiles, parseRemoteArg, REMOTE_USAGE } from './remote-arg';
 import { helpText } from './help';
 
 export const ADD_USAGE = `usage: netdisk-ublk add --remote URI|HOST[:PORT] [--export NAME] [--id N] [--queues N] [--depth N]
-                        [--max-io SIZE] [--timeout S] [--fail-after S] [--foreground] [--json] [--metrics WHERE]
-       netdisk-ublk add --from FILE --id N [--foreground] [--json] [--metrics WHERE]
+                        [--max-io SIZE] [--timeout S] [--fail-after S] [--metrics WHERE] [--foreground] [--json]
+       netdisk-ublk add --from FILE --id N [--foreground] [--json]
        netdisk-ublk add --all-from FILE [--json]
   Creates /dev/ublkbN backed by the NBD export --remote names; its size comes from the
   server. Returns once the device is live; the daemon keeps serving it.
@@ -30,12 +29,12 @@ export const ADD_USAGE = `usage: netdisk-ublk add --remote URI|HOST[:PORT] [--ex
 ${DEVICE_USAGE}
   --foreground   stay attached (systemd, debugging); logs go to stderr
   --json         print the device as JSON
-  ${METRICS_USAGE}
   --from FILE    with --id N: device N as FILE lists it (store and options) instead of --remote
   --all-from FILE
                  every device FILE lists (e.g. ${DEVICES_FILE}), one daemon each; a device
                  already live is left as it is. FILE: one device a line, "ID STORE [OPTIONS]",
-                 OPTIONS as NAME=VALUE,... of queues, depth, max-io, timeout, fail-after, transport, export`;
+                 OPTIONS as NAME=VALUE,... of queues, depth, max-io, timeout, fail-after, transport,
+                 metrics, export`;
 
 export async function add(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {
@@ -46,7 +45,6 @@ export async function add(argv: string[]): Promise<number> {
     foreground: { type: 'boolean', short: 'f' },
     json: { type: 'boolean' },
     from: { type: 'string' },
-    metrics: { type: 'string' },
     'all-from': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   }, 'add');
@@ -57,7 +55,6 @@ export async function add(argv: string[]): Promise<number> {
   if (positionals.length > 0) throw new UsageError(`add: unexpected argument "${positionals[0]}"\n${ADD_USAGE}`);
   const id = parseIntArg(values.id, '--id', 0, 1_048_575);
   const json = values.json ?? false;
-  const metrics = parseMetricsArg(values.metrics, 'add');
   if (values['all-from'] !== undefined) {
     const others = Object.keys(values).filter((k) => k !== 'all-from' && k !== 'json');
     if (others.length > 0) throw new UsageError(`add: --all-from takes every setting from the file, not --${others[0]}`);
@@ -85,7 +82,7 @@ export async function add(argv: string[]): Promise<number> {
     for (const f of openKeyFiles(config.remote)) process.stderr.write(`netdisk-ublk add: warning: ${f} is readable by every user: chmod o-r it\n`);
   }
   if (values.foreground || process.env.NETDISK_READY_FD !== undefined) {
-    return runForeground('add', (d) => d.startOrRecover(), { config, ...(id === undefined ? {} : { id }) }, json, metrics);
+    return runForeground('add', (d) => d.startOrRecover(), { config, ...(id === undefined ? {} : { id }) }, json);
   }
   return spawnDaemon('add', argv, json);
 }

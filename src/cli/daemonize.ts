@@ -10,7 +10,8 @@ import { DaemonError, DeviceDaemon, checkHost, type DaemonOptions, type ReadyInf
 import { readRecord, runDir, statsSocketPath, writeRecord } from '../device/state';
 import { detailOf } from '../errno';
 import { formatSize } from '../size';
-import { MetricsServer, type MetricsAddress } from '../stats/metrics-server';
+import type { DeviceCounters } from '../stats/device-counters';
+import { MetricsServer } from '../stats/metrics-server';
 import { renderMetrics } from '../stats/prometheus';
 import { zeroCounters } from '../stats/report';
 import { StatsSocket } from '../stats/stats-socket';
@@ -36,7 +37,7 @@ function report(fd: number, r: Report): void {
 /** Brings the device up with `bringUp`, serves it until SIGTERM/SIGINT, then stops and deletes it. */
 export async function runForeground(
   command: string, bringUp: (d: DeviceDaemon) => Promise<ReadyInfo>,
-  settings: Omit<DaemonOptions, 'log' | 'logFile'>, json: boolean, metricsAt?: MetricsAddress,
+  settings: Omit<DaemonOptions, 'log' | 'logFile'>, json: boolean,
 ): Promise<number> {
   const readyFd = process.env.NETDISK_READY_FD === undefined ? undefined : Number(process.env.NETDISK_READY_FD);
   const logFile = process.env.NETDISK_LOG_FILE;
@@ -50,18 +51,23 @@ export async function runForeground(
   // Under systemd (Type=notify) the foreground daemon is the service: READY=1 once the device
   // is live. A detached daemon reports on its pipe instead (spawnDaemon drops NOTIFY_SOCKET).
   const systemd = new SystemdNotifier(log);
-  const daemon = new DeviceDaemon({
-    ...settings, log, ...(logFile ? { logFile } : {}), onLinkChange: (text) => systemd.status(text),
-  });
   let info: ReadyInfo | undefined;
+  let counters = (): DeviceCounters => zeroCounters(Date.now());
   // Listening first: an address in use fails the command before any device exists.
+  const metricsAt = settings.config.metrics;
   const metrics = metricsAt === undefined ? undefined : await MetricsServer.listen(metricsAt,
-    () => renderMetrics(['device', String(info?.id ?? '')], daemon.readCounters()))
+    () => renderMetrics(['device', String(info?.id ?? '')], counters()))
     .catch((err: NodeJS.ErrnoException) => {
       const msg = `--metrics: cannot listen on ${'path' in metricsAt ? metricsAt.path : `${metricsAt.host}:${metricsAt.port}`}: ${err.code ?? err.message}`;
       if (readyFd !== undefined) report(readyFd, { ok: false, message: msg, code: err.code });
       throw new CliError(`${command}: ${msg}`);
     });
+  // The record keeps the address as bound (a :0 port resolved): recover listens there again.
+  const config = metrics === undefined ? settings.config : { ...settings.config, metrics: metrics.where };
+  const daemon = new DeviceDaemon({
+    ...settings, config, log, ...(logFile ? { logFile } : {}), onLinkChange: (text) => systemd.status(text),
+  });
+  counters = () => daemon.readCounters();
   try {
     info = await bringUp(daemon);
   } catch (err) {

@@ -1,8 +1,9 @@
-// The device settings on the command line (add, and bench which passes them to add):
-// parsed in one place into the DeviceConfig shape, defaults from its one table.
+// The device settings on the command line (add, and bench which passes them to add) and in
+// the devices file: parsed in one place into the DeviceConfig shape, defaults from its one table.
 import { DATA_TRANSPORTS, DEVICE_DEFAULTS, DEVICE_LIMITS, type DataTransport, type DeviceSettings } from '../device/config';
 import { formatSize, parseSize } from '../size';
 import { parseIntArg } from './args';
+import { METRICS_USAGE, parseMetricsArg } from './metrics-arg';
 import { UsageError } from './errors';
 
 export const DEVICE_OPTIONS = {
@@ -12,6 +13,7 @@ export const DEVICE_OPTIONS = {
   timeout: { type: 'string' },
   'fail-after': { type: 'string' },
   transport: { type: 'string' },
+  metrics: { type: 'string' },
 } as const;
 
 export type DeviceArgs = Partial<Record<keyof typeof DEVICE_OPTIONS, string>>;
@@ -29,10 +31,15 @@ export const DEVICE_USAGE = `  --queues N     queues, each with its own thread a
                  (default ${D.failAfterMs / 1000}; 0: fail at once)
   --transport ${DATA_TRANSPORTS.join('|')}
                  how each connection moves its bytes after the handshake: Node's socket
-                 stream, or io_uring (TLS always takes the stream) (default ${D.transport})`;
+                 stream, or io_uring (TLS always takes the stream) (default ${D.transport})
+  ${METRICS_USAGE}
+                 (none by default; a recovered daemon serves them at the same address)`;
 
-/** The settings given on the command line; those not given are left out. */
-export function parseDeviceArgs(values: DeviceArgs): Partial<DeviceSettings> {
+/**
+ * The settings given on the command line; those not given are left out. Relative paths are
+ * taken from `base`.
+ */
+export function parseDeviceArgs(values: DeviceArgs, base = process.cwd()): Partial<DeviceSettings> {
   const out: Partial<DeviceSettings> = {};
   const queues = parseIntArg(values.queues, '--queues', L.queues.min, L.queues.max);
   if (queues !== undefined) out.queues = queues;
@@ -60,5 +67,7 @@ export function parseDeviceArgs(values: DeviceArgs): Partial<DeviceSettings> {
     }
     out.transport = values.transport as DataTransport;
   }
+  const metrics = parseMetricsArg(values.metrics, base);
+  if (metrics !== undefined) out.metrics = metrics;
   return out;
 }

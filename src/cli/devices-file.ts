@@ -2,12 +2,13 @@
 // manner of nbd-client's /etc/nbdtab: one device a line,
 //
 //   # ID  STORE                          OPTIONS
-//   0     nbd://storehost/disk           queues=2,timeout=10
+//   0     nbd://storehost/disk           queues=2,timeout=10,metrics=:9100
 //   1     storehost:10810                export=scratch,fail-after=0
 //
 // ID is the device's id (/dev/ublkbID), STORE an NBD URI or HOST[:PORT] as --remote takes
 // it, OPTIONS (optional) comma-separated NAME=VALUE of add's device options without their
-// dashes, plus export=NAME. Blank lines and everything after # are ignored. Each line is
+// dashes (metrics=HOST:PORT|:PORT|unix:PATH among them), plus export=NAME. Paths (a URI's
+// socket and TLS files, metrics=unix:PATH) are relative to the file's folder. Blank lines and everything after # are ignored. Each line is
 // parsed into a DeviceConfig by the same parsers as add's command line; an error names the
 // file and the line. `add --all-from FILE` brings every listed device up; `add --from FILE
 // --id N` brings up the one (what netdisk-ublk@N.service runs).
@@ -52,7 +53,8 @@ export function parseDevices(text: string, file: string): ListedDevice[] {
     let remote = wrap(fail, () => parseRemote(store));
     if (remote.transport === 'tcp' && remote.port === 0) fail('port 0 is not valid');
     // Files a URI names (socket, TLS) are relative to the devices file, not to where add runs.
-    remote = withAbsolutePaths(remote, path.dirname(path.resolve(file)));
+    const base = path.dirname(path.resolve(file));
+    remote = withAbsolutePaths(remote, base);
     const args: DeviceArgs = {};
     for (const opt of opts === undefined ? [] : opts.split(',')) {
       const eq = opt.indexOf('=');
@@ -69,7 +71,7 @@ export function parseDevices(text: string, file: string): ListedDevice[] {
         fail(`unknown option "${name}" (${[...Object.keys(DEVICE_OPTIONS), 'export'].join(', ')})`);
       }
     }
-    const settings = wrap(fail, () => parseDeviceArgs(args), (m) => m.replace(/--([a-z-]+)/, '$1'));
+    const settings = wrap(fail, () => parseDeviceArgs(args, base), (m) => m.replace(/--([a-z-]+)/, '$1'));
     out.push({ id, config: { remote, ...DEVICE_DEFAULTS, ...settings }, line });
   });
   return out;

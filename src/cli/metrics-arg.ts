@@ -7,12 +7,13 @@ import { UsageError } from './errors';
 export const METRICS_USAGE = `--metrics WHERE
                  Prometheus metrics at http://WHERE/metrics: HOST:PORT, :PORT (127.0.0.1) or unix:PATH`;
 
-export function parseMetricsArg(text: string | undefined, command: string): MetricsAddress | undefined {
+/** A relative unix:PATH is taken from `base` (where add runs, or the devices file's folder). */
+export function parseMetricsArg(text: string | undefined, base = process.cwd()): MetricsAddress | undefined {
   if (text === undefined) return undefined;
   if (text.startsWith('unix:')) {
-    if (text.length === 5) throw new UsageError(`${command}: --metrics unix: needs a PATH`);
-    return { path: path.resolve(text.slice(5)) };
+    if (text.length === 5) throw new UsageError('--metrics unix: needs a PATH');
+    return { path: path.resolve(base, text.slice(5)) };
   }
-  if (!/:\d+$/.test(text)) throw new UsageError(`${command}: --metrics needs a port: HOST:PORT, :PORT or unix:PATH, not "${text}"`);
-  return parseHostPort(text, '127.0.0.1', `${command}: --metrics`);
+  if (!/:\d+$/.test(text)) throw new UsageError(`--metrics needs a port: HOST:PORT, :PORT or unix:PATH, not "${text}"`);
+  return parseHostPort(text, '127.0.0.1', '--metrics');
 }

@@ -8,17 +8,22 @@ import { isUri } from '../nbd/uri';
 import { parse, parseIntArg } from './args';
 import { runForeground, spawnDaemon } from './daemonize';
 import { CliError, UsageError } from './errors';
+import { METRICS_USAGE, parseMetricsArg } from './metrics-arg';
 import { parseRemoteArg } from './remote-arg';
 import { helpText } from './help';
 
-export const RECOVER_USAGE = `usage: netdisk-ublk recover ID [--remote URI|HOST[:PORT]] [--foreground] [--json]
+export const RECOVER_USAGE = `usage: netdisk-ublk recover ID [--remote URI|HOST[:PORT]] [--metrics WHERE] [--foreground] [--json]
   Re-attaches a new daemon to netdisk-ublk device ID after its daemon died; queued I/O resumes.
-  The store, export, queues and depth come from /run/netdisk-ublk/ID.json; --remote moves the
-  store (same export, same size): a URI replaces the recorded one, HOST[:PORT] only the address.`;
+  The store, export, queues, depth, timeouts and metrics address come from
+  /run/netdisk-ublk/ID.json; --remote moves the store (same export, same size): a URI replaces
+  the recorded one, HOST[:PORT] only the address.
+  ${METRICS_USAGE}
+                 (instead of the recorded one)`;
 
 export async function recover(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {
     remote: { type: 'string', short: 'r' },
+    metrics: { type: 'string' },
     foreground: { type: 'boolean', short: 'f' },
     json: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
@@ -30,10 +35,12 @@ export async function recover(argv: string[]): Promise<number> {
   if (positionals.length !== 1) throw new UsageError(`recover: expected one device ID\n${RECOVER_USAGE}`);
   const id = parseIntArg(positionals[0], 'device ID', 0, 1_048_575) as number;
   const json = values.json ?? false;
+  const metrics = parseMetricsArg(values.metrics);
   if (!values.foreground && process.env.NETDISK_READY_FD === undefined) return spawnDaemon('recover', argv, json);
   const rec = readRecord(id);
   if (!rec) throw new CliError(`recover: no record of device ${id} (looked for it in /run/netdisk-ublk): cannot tell which store it used`);
-  const config = values.remote === undefined ? rec.config : { ...rec.config, remote: movedRemote(rec.config.remote, values.remote) };
+  let config = values.remote === undefined ? rec.config : { ...rec.config, remote: movedRemote(rec.config.remote, values.remote) };
+  if (metrics !== undefined) config = { ...config, metrics };
   return runForeground('recover', (d) => d.recover(id), { config, id }, json);
 }
 

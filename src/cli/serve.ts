@@ -93,7 +93,7 @@ export async function serve(argv: string[]): Promise<number> {
     throw err;
   }
   const settings = { maxConnections, handshakeTimeoutMs: handshakeTimeoutS === undefined ? undefined : handshakeTimeoutS * 1000 };
-  const metricsAt = parseMetricsArg(values.metrics, 'serve');
+  const metricsAt = parseMetricsArg(values.metrics);
   const counters = new QueueCounters(newQueueCounters());
   const server = new NbdServer({ exports: [{ name: exportName, store }], log, tls, settings, counters });
   const read = (): DeviceCounters => readCounters([counters.buffer]);

@@ -4,6 +4,7 @@
 // client; `recover` and `add --id` read it back from the record.
 import type { NbdRemote } from '../nbd/client';
 import { displayUri } from '../nbd/uri';
+import type { MetricsAddress } from '../stats/metrics-server';
 
 export interface DeviceConfig {
   /** The NBD export behind the device. */
@@ -24,6 +25,11 @@ export interface DeviceConfig {
    * the stream. Absent in records written before it existed: the stream.
    */
   transport: DataTransport;
+  /**
+   * Where the daemon serves Prometheus metrics (add --metrics), as it bound it; absent:
+   * nowhere. Kept in the record so that a recovered daemon serves them at the same place.
+   */
+  metrics?: MetricsAddress;
 }
 
 export type DataTransport = 'stream' | 'ring';
@@ -45,7 +51,7 @@ export const DEVICE_DEFAULTS: Readonly<DeviceSettings> = {
 };
 
 /** Inclusive bounds of each setting. */
-export const DEVICE_LIMITS: Readonly<Record<Exclude<keyof DeviceSettings, 'transport'>, { min: number; max: number }>> = {
+export const DEVICE_LIMITS: Readonly<Record<Exclude<keyof DeviceSettings, 'transport' | 'metrics'>, { min: number; max: number }>> = {
   queues: { min: 1, max: 64 },
   // UBLK_MAX_QUEUE_DEPTH
   depth: { min: 1, max: 4096 },

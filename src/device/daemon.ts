@@ -90,7 +90,9 @@ export class DeviceDaemon {
       const dev = await (this.ctrl as UblkCtrl).getDevInfo(this.opts.id).catch(() => undefined);
       if (dev && dev.ublksrvFlags === NETDISK_MARK && (dev.state === UblkState.QUIESCED || dev.state === UblkState.FAIL_IO)) {
         this.log.info({ dev: this.opts.id }, 'device is waiting for a daemon: recovering it');
-        this.config = readRecord(this.opts.id)?.config ?? this.config;
+        // The settings it was created with, but the metrics address this daemon listens on.
+        const recorded = readRecord(this.opts.id)?.config;
+        if (recorded) this.config = { ...recorded, metrics: this.config.metrics };
         return this.recover(this.opts.id);
       }
     }

@@ -23,6 +23,7 @@ describe('cli: add with bad arguments', function () {
     [['--remote', 'nbd://h/a', '--export', 'b'], /^netdisk-ublk add: --export "b" and the URI's export "a" differ$/m],
     [['--remote', 'h:1', 'extra'], /^netdisk-ublk add: unexpected argument "extra"/m],
     [['--remote', 'h:1', '--bogus'], /^netdisk-ublk add: Unknown option '--bogus'/m],
+    [['--remote', 'h:1', '--metrics', '9100'], /^netdisk-ublk add: --metrics needs a port: HOST:PORT, :PORT or unix:PATH, not "9100"$/m],
   ];
   for (const [args, message] of cases) {
     it(`add ${args.join(' ')}`, async () => {

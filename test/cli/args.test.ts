@@ -42,4 +42,15 @@ describe('cli: shared argument parsers', () => {
     assert.throws(() => parseDeviceArgs({ 'fail-after': '604801' }), /--fail-after must be between 0 and 604800/);
     assert.throws(() => parseDeviceArgs({ transport: 'tcp' }), /--transport must be one of stream, ring, not "tcp"/);
   });
+
+  it('parseDeviceArgs: --metrics as HOST:PORT, :PORT (loopback) or unix:PATH, a relative PATH from the base given', () => {
+    assert.deepStrictEqual(parseDeviceArgs({ metrics: ':9100' }), { metrics: { host: '127.0.0.1', port: 9100 } });
+    assert.deepStrictEqual(parseDeviceArgs({ metrics: '0.0.0.0:9100' }), { metrics: { host: '0.0.0.0', port: 9100 } });
+    assert.deepStrictEqual(parseDeviceArgs({ metrics: '[::1]:9100' }), { metrics: { host: '::1', port: 9100 } });
+    assert.deepStrictEqual(parseDeviceArgs({ metrics: 'unix:run/m.sock' }, '/srv'), { metrics: { path: '/srv/run/m.sock' } });
+    assert.deepStrictEqual(parseDeviceArgs({ metrics: 'unix:/run/m.sock' }, '/srv'), { metrics: { path: '/run/m.sock' } });
+    assert.throws(() => parseDeviceArgs({ metrics: 'localhost' }), /^UsageError: --metrics needs a port: HOST:PORT, :PORT or unix:PATH, not "localhost"$/);
+    assert.throws(() => parseDeviceArgs({ metrics: 'unix:' }), /--metrics unix: needs a PATH/);
+    assert.throws(() => parseDeviceArgs({ metrics: ':99999' }), /--metrics: .*port/);
+  });
 });

@@ -21,10 +21,17 @@ describe('cli: the devices file', function () {
       '0   nbd://store.example/disk      queues=2,timeout=10   # the main disk',
       '  7 192.0.2.1:10810 export=scratch,fail-after=0,max-io=1M,depth=64',
       '12  nbd+unix:///d?socket=../run/nbd.sock',
+      '13  nbd://store.example/m  metrics=:9100',
+      '14  nbd://store.example/n  depth=8,metrics=unix:../run/14.metrics.sock',
     ].join('\n');
     const devs = parseDevices(text, F);
-    assert.deepStrictEqual(devs.map((d) => [d.id, d.line]), [[0, 3], [7, 4], [12, 5]]);
-    const [a, b, c] = devs;
+    assert.deepStrictEqual(devs.map((d) => [d.id, d.line]), [[0, 3], [7, 4], [12, 5], [13, 6], [14, 7]]);
+    const [a, b, c, m, n] = devs;
+    assert.strictEqual(a?.config.metrics, undefined);
+    assert.deepStrictEqual(m?.config.metrics, { host: '127.0.0.1', port: 9100 });
+    // Like the URI's files, a metrics socket is relative to the file.
+    assert.deepStrictEqual(n?.config.metrics, { path: '/etc/run/14.metrics.sock' });
+    assert.strictEqual(n?.config.depth, 8);
     assert.deepStrictEqual({ ...a?.config, remote: undefined }, { ...DEVICE_DEFAULTS, queues: 2, timeoutMs: 10_000, remote: undefined });
     assert.strictEqual(a?.config.remote.host, 'store.example');
     assert.strictEqual(a?.config.remote.port, 10809);
@@ -47,7 +54,10 @@ describe('cli: the devices file', function () {
     ['0 nbds://h/?tls-frob=1', /:1: unknown query parameter "tls-frob"/],
     ['0 h:1 queues=99', /:1: queues must be between 1 and 64, not 99$/],
     ['0 h:1 depth', /:1: option "depth" is not NAME=VALUE$/],
-    ['0 h:1 colour=blue', /:1: unknown option "colour" \(queues, depth, max-io, timeout, fail-after, transport, export\)$/],
+    ['0 h:1 colour=blue', /:1: unknown option "colour" \(queues, depth, max-io, timeout, fail-after, transport, metrics, export\)$/],
+    ['0 h:1 metrics=9100', /:1: metrics needs a port: HOST:PORT, :PORT or unix:PATH, not "9100"$/],
+    ['0 h:1 metrics=unix:', /:1: metrics unix: needs a PATH$/],
+    ['0 h:1 metrics=:1,metrics=:2', /:1: option metrics is given twice$/],
     ['0 h:1 queues=1,queues=2', /:1: option queues is given twice$/],
     ['0 nbd://h/a export=b', /:1: export=b and the URI's export "a" differ$/],
     ['0 h:1 queues=2 depth=4', /:1: .*options are one comma-separated field/],
@@ -88,6 +98,9 @@ describe('cli: the devices file', function () {
       const q = await add(['--from', '/nonexistent/devices', '--id', '0', '--queues', '2']);
       assert.strictEqual(q.code, 2);
       assert.match(q.stderr, /--from takes the device's settings from the file, not --queues/);
+      const m = await add(['--from', '/nonexistent/devices', '--id', '0', '--metrics', ':9100']);
+      assert.strictEqual(m.code, 2);
+      assert.match(m.stderr, /--from takes the device's settings from the file, not --metrics/);
       const u = await add(['--from', F, '--id', '0', '--all-from', F]);
       assert.strictEqual(u.code, 2);
     });

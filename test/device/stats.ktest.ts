@@ -1,13 +1,17 @@
 // What a running device reports while fio drives it through the real kernel: `stats --json`
 // over the daemon's stats socket, and the Prometheus endpoint of `add --metrics`, scraped
 // with a plain HTTP client. Counts must move with the I/O, latency must come from the
-// histogram, and both views must agree with what fio did.
+// histogram, and both views must agree with what fio did. A daemon killed and recovered
+// serves its metrics where add put them: recover reads the address from the device record.
 import * as assert from 'assert';
 import * as http from 'http';
 import * as path from 'path';
 import type { StatsReport } from '../../src/stats/report';
 import { freePort } from '../helpers/net';
-import { HOST, assertKernelLogClean, cli, cliOk, deviceSuite, markKernelLog, ok, start, ublkNodes, waitFor } from './helpers';
+import {
+  HOST, assertKernelLogClean, cli, cliOk, deviceSuite, markKernelLog, ok, pidAlive, readRecord, start, ublkNodes, waitFor,
+  type DeviceInfo,
+} from './helpers';
 
 function scrape(port: number): Promise<{ status: number; type: string; body: string }> {
   return new Promise((resolve, reject) => {
@@ -91,6 +95,43 @@ describe('device: stats and Prometheus metrics under fio (real kernel)', functio
     assert.strictEqual(sample(after, 'netdisk_ublk_request_duration_seconds_bucket', { ...L, op: 'read', le: '+Inf' }), count);
     assert.ok(sample(after, 'netdisk_ublk_request_duration_seconds_bucket', { ...L, op: 'read', le: '0.00005' }) <= count);
     process.stdout.write(`${screen}\n${after.split('\n').filter((l) => /^netdisk_ublk_(requests_total|bytes_total)/.test(l)).join('\n')}\n`);
+    await e.del(dev.id);
+    await assertKernelLogClean(mark);
+  });
+
+  it('a daemon killed (-9) and recovered serves /metrics at the recorded address; recover --metrics moves it', async function () {
+    const e = env();
+    const mark = markKernelLog(this.test?.fullTitle() ?? 'recover metrics');
+    const server = await e.serve(path.join(e.dir, 'recover.img'), { size: '8M' });
+    const [mport, moved] = [await freePort(), await freePort()];
+    const dev = await e.add(server.port, ['--metrics', `:${mport}`]);
+    const L = { device: String(dev.id) };
+    const writes = async (port: number): Promise<number> => sample((await scrape(port)).body, 'netdisk_ublk_requests_total', { ...L, op: 'write' });
+    const write16 = (): Promise<unknown> => ok('dd', ['if=/dev/zero', `of=${dev.device}`, 'bs=4k', 'count=16', 'oflag=direct'], { timeoutMs: 120_000 });
+    assert.deepStrictEqual((readRecord(dev.id)?.config as { metrics?: unknown }).metrics, { host: HOST, port: mport });
+    const killAndRecover = async (pid: number, extra: string[]): Promise<DeviceInfo> => {
+      process.kill(pid, 'SIGKILL');
+      await waitFor('the daemon to die', () => !pidAlive(pid), 30_000, 20);
+      const r = await cliOk(['recover', String(dev.id), '--json', ...extra], { timeoutMs: 120_000 });
+      const info = JSON.parse(r.stdout.trim().split('\n').pop() as string) as DeviceInfo;
+      assert.strictEqual(info.recovered, true);
+      return info;
+    };
+
+    await write16();
+    assert.ok(await writes(mport) >= 16, 'the first daemon counts the writes');
+    const second = await killAndRecover(dev.pid, []);
+    // The new daemon's counters start at zero and move with the I/O it serves.
+    const w0 = await writes(mport);
+    await write16();
+    assert.ok(await writes(mport) >= w0 + 16, 'the recovered daemon counts the writes at the same address');
+    assert.deepStrictEqual((readRecord(dev.id)?.config as { metrics?: unknown }).metrics, { host: HOST, port: mport });
+
+    await killAndRecover(second.pid, ['--metrics', `:${moved}`]);
+    await write16();
+    assert.ok(await writes(moved) >= 16, 'recover --metrics: served at the new address');
+    await assert.rejects(scrape(mport), /ECONNREFUSED/);
+    assert.deepStrictEqual((readRecord(dev.id)?.config as { metrics?: unknown }).metrics, { host: HOST, port: moved });
     await e.del(dev.id);
     await assertKernelLogClean(mark);
   });
