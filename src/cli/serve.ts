@@ -1,5 +1,6 @@
 // netdisk-ublk serve IMAGE [--listen HOST:PORT|unix:PATH|URI] [--tls off|on|require] [--size SIZE] [--name EXPORT] [--read-only]
 //                      [--max-connections N] [--handshake-timeout S]
+import * as fs from 'fs';
 import { createLogger } from '../log';
 import { SystemdNotifier } from '../systemd';
 import { FileStore, FileStoreError } from '../server/store/file-store';
@@ -18,6 +19,7 @@ import { MetricsServer } from '../stats/metrics-server';
 import { renderMetrics } from '../stats/prometheus';
 import { zeroCounters } from '../stats/report';
 import { StatsSocket } from '../stats/stats-socket';
+import { runDir, serveStatsSocketPath } from '../device/state';
 
 export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--size SIZE] [--name EXPORT] [--read-only]
                           [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
@@ -37,7 +39,9 @@ export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--
   --handshake-timeout S  a client still negotiating after S seconds is closed (default ${SERVER_DEFAULTS.handshakeTimeoutMs / 1000})
   ${METRICS_USAGE}
   --stats-socket PATH  answer \`netdisk-ublk stats --socket PATH\` there: requests and latency of the
-                  store's I/O by operation, connections, bytes held for requests in flight`;
+                  store's I/O by operation, connections, bytes held for requests in flight
+                  (default /run/netdisk-ublk/serve-ADDRESS.stats.sock, which \`stats\` asks
+                  without an ID; none where that directory cannot be written)`;
 
 export async function serve(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {
@@ -98,6 +102,7 @@ export async function serve(argv: string[]): Promise<number> {
   const server = new NbdServer({ exports: [{ name: exportName, store }], log, tls, settings, counters });
   const read = (): DeviceCounters => readCounters([counters.buffer]);
   const extra = (): Record<string, number> => ({ connections: server.connections, 'bytes held': server.bytesHeld });
+  const statsSource = { name: `export "${exportName}"`, detail: image, start: zeroCounters(Date.now()), read, extra };
   const where = plan.address;
   try {
     if ('path' in where) await server.listenUnix(where.path);
@@ -117,16 +122,23 @@ export async function serve(argv: string[]): Promise<number> {
         ['bytes_held', 'Bytes held for requests and replies in flight.', server.bytesHeld],
       ]));
     }
-    if (values['stats-socket'] !== undefined) {
-      stats = await StatsSocket.listen(values['stats-socket'], {
-        name: `export "${exportName}"`, detail: image, start: zeroCounters(Date.now()), read, extra,
-      });
-    }
+    if (values['stats-socket'] !== undefined) stats = await StatsSocket.listen(values['stats-socket'], statsSource);
   } catch (err) {
     await metrics?.close();
     await server.close();
     const e = err as NodeJS.ErrnoException;
     throw new CliError(`serve: ${metrics || !metricsAt ? '--stats-socket' : '--metrics'}: cannot listen: ${e.code ?? e.message}`);
+  }
+  if (values['stats-socket'] === undefined) {
+    // Without --stats-socket, one in the run directory as a device has, where `stats` looks.
+    // serve need not run as root: a run directory it cannot write only means no socket.
+    const at = serveStatsSocketPath(server.addressText());
+    try {
+      fs.mkdirSync(runDir(), { recursive: true, mode: 0o755 });
+      stats = await StatsSocket.listen(at, statsSource);
+    } catch (err) {
+      log.info({ socket: at, err: (err as NodeJS.ErrnoException).code ?? (err as Error).message }, 'no stats socket (--stats-socket PATH names one)');
+    }
   }
   // The handlers go in before anyone hears "serving": a stop sent right after READY=1 must
   // find them, not Node's default action (death by the signal, connections cut).
@@ -140,7 +152,7 @@ export async function serve(argv: string[]): Promise<number> {
     process.on('SIGTERM', stop);
   });
   log.info({ image, size: store.size, export: exportName, readOnly: store.readOnly, io: store.engine, listen: server.addressText(), tls: plan.tls,
-    ...(metrics ? { metrics: metrics.text } : {}) }, 'serving');
+    ...(metrics ? { metrics: metrics.text } : {}), ...(stats ? { statsSocket: stats.path } : {}) }, 'serving');
   systemd.ready(`serving ${image} (${formatSize(store.size)}) as export "${exportName}" on ${server.addressText()}`);
   const sig = await stopSignal;
   log.info({ signal: sig, connections: server.connections }, 'shutting down');

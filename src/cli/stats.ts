@@ -1,10 +1,11 @@
 // netdisk-ublk stats [ID] [--json] [--watch [S]]
 //
-// Asks each device's daemon over its stats socket (/run/netdisk-ublk/ID.stats.sock) for its
+// Asks each device's daemon over its stats socket (/run/netdisk-ublk/ID.stats.sock), and
+// without an ID each local `serve` too (/run/netdisk-ublk/serve-ADDRESS.stats.sock), for its
 // counters twice, an interval apart, and prints rates and latency percentiles over that
 // interval and since the daemon started. --watch repeats every S seconds on one connection:
 // a table redrawn in place on a terminal, one line per device and interval otherwise.
-import { recordIds, statsSocketPath } from '../device/state';
+import { statsSocketPath, statsSocketPaths } from '../device/state';
 import { renderLine, renderReport, type StatsReport } from '../stats/report';
 import { StatsClient } from '../stats/stats-socket';
 import { parse, parseIntArg } from './args';
@@ -12,15 +13,16 @@ import { CliError, UsageError } from './errors';
 import { helpText } from './help';
 
 export const STATS_USAGE = `usage: netdisk-ublk stats [ID | --socket PATH] [--json] [--watch [S]] [--interval S]
-  What a running device does (all devices without ID), from its daemon: requests and MB per
-  second, flush, discard and write-zeroes counts, requests in flight (now and peak), latency
-  percentiles per operation (p50, p99, p99.9 over the last interval and since start),
-  reconnects, resent requests, time disconnected, errors by errno.
+  What a running device does (without ID: every device and every local serve), from its
+  daemon: requests and MB per second, flush, discard and write-zeroes counts, requests in
+  flight (now and peak), latency percentiles per operation (p50, p99, p99.9 over the last
+  interval and since start), reconnects, resent requests, time disconnected, errors by errno.
   --interval S   the interval the rates cover (default 1)
   --watch [S]    print again every S seconds (default 1) until interrupted; on a terminal
                  the table is redrawn in place, otherwise one line per device and interval
   --json         the reports as JSON, one line each
-  --socket PATH  a stats socket by its path: a store's (serve --stats-socket PATH), or a device's`;
+  --socket PATH  a stats socket by its path: a device's, or a store's (serve's own is
+                 /run/netdisk-ublk/serve-ADDRESS.stats.sock unless --stats-socket moved it)`;
 
 export async function stats(argv: string[]): Promise<number> {
   const { rest, watch } = takeWatch(argv);
@@ -39,7 +41,7 @@ export async function stats(argv: string[]): Promise<number> {
   if (values.socket !== undefined && positionals.length > 0) throw new UsageError('stats: give an ID or --socket PATH, not both');
   const named = values.socket !== undefined || positionals[0] !== undefined;
   const paths = values.socket !== undefined ? [values.socket]
-    : positionals[0] === undefined ? recordIds().map(statsSocketPath)
+    : positionals[0] === undefined ? statsSocketPaths()
       : [statsSocketPath(parseIntArg(positionals[0], 'device ID', 0, 1_048_575) as number)];
   const clients: StatsClient[] = [];
   for (const p of paths) {
@@ -51,7 +53,7 @@ export async function stats(argv: string[]): Promise<number> {
       if (named) throw new CliError(`stats: nothing answers at ${p} (${code}): is its daemon running?`);
     }
   }
-  if (clients.length === 0) throw new CliError('stats: no running netdisk-ublk device');
+  if (clients.length === 0) throw new CliError('stats: no running netdisk-ublk device or server');
   const tty = process.stdout.isTTY === true && !values.json;
   let stop = false;
   const onSignal = (): void => { stop = true; };

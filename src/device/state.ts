@@ -1,6 +1,8 @@
 // Per-device records under /run/netdisk-ublk/<id>.json (the convention ublksrv uses under
 // /run/ublksrvd): what `list` shows and what re-attaching a device needs. /run is a tmpfs,
-// so records vanish at reboot, like the devices themselves.
+// so records vanish at reboot, like the devices themselves. The stats sockets live there
+// too: a device's by its id, a store's (serve) by the address it listens on.
+import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import type { FlagSet } from '../ublk';
@@ -32,6 +34,30 @@ export function recordPath(id: number): string {
 /** The daemon's stats socket (stats/stats-socket.ts): what `netdisk-ublk stats ID` reads. */
 export function statsSocketPath(id: number): string {
   return path.join(runDir(), `${id}.stats.sock`);
+}
+
+/**
+ * serve's stats socket unless --stats-socket names one: serve-ADDRESS.stats.sock, the listen
+ * address with anything but letters, digits, dots and dashes as '_'. No two live servers
+ * share an address; a name too long for a unix socket (sun_path: 108 bytes) is a hash.
+ */
+export function serveStatsSocketPath(listen: string): string {
+  const name = `serve-${listen.replace(/[^A-Za-z0-9.-]/g, '_')}.stats.sock`;
+  const p = path.join(runDir(), name);
+  if (Buffer.byteLength(p) < 100) return p;
+  return path.join(runDir(), `serve-${createHash('sha256').update(listen).digest('hex').slice(0, 16)}.stats.sock`);
+}
+
+/** The stats sockets of every device with a record and of every server, for `stats` without an ID. */
+export function statsSocketPaths(): string[] {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(runDir());
+  } catch {
+    // no run directory: nothing runs
+  }
+  const servers = names.filter((n) => /^serve-.*\.stats\.sock$/.test(n)).sort().map((n) => path.join(runDir(), n));
+  return [...recordIds().map(statsSocketPath), ...servers];
 }
 
 export function writeRecord(rec: DeviceRecord): void {

@@ -8,6 +8,7 @@ import { parseDevices } from '../../src/cli/devices-file';
 import { tempDir } from '../helpers/images';
 import { cleanupAfterEach, run } from '../helpers/procs';
 import { cliPath } from '../helpers/serve';
+import { repoRoot } from '../helpers/vm';
 
 const F = '/etc/netdisk-ublk/devices';
 
@@ -43,6 +44,12 @@ describe('cli: the devices file', function () {
     assert.strictEqual(b?.config.depth, 64);
     // A socket path is relative to the file, not to where add runs.
     assert.strictEqual(c?.config.remote.socket, '/etc/run/nbd.sock');
+  });
+
+  it('contrib/devices.example parses as it reads', () => {
+    const file = path.join(repoRoot(), 'contrib', 'devices.example');
+    const devs = parseDevices(fs.readFileSync(file, 'utf8'), file);
+    assert.deepStrictEqual(devs.map((d) => [d.id, d.config.queues, d.config.metrics]), [[0, 2, { host: '127.0.0.1', port: 9100 }], [1, 1, undefined]]);
   });
 
   const bad: Array<[string, RegExp]> = [

@@ -2,8 +2,10 @@
 // Prometheus endpoint (scraped with Node's plain HTTP client) and `stats --socket` count
 // the requests by operation, the bytes, the store's latency and the connections.
 import * as assert from 'assert';
+import * as fs from 'fs';
 import * as http from 'http';
 import * as path from 'path';
+import { serveStatsSocketPath } from '../../src/device/state';
 import type { StatsReport } from '../../src/stats/report';
 import { makeImage, MiB, tempDir } from '../helpers/images';
 import { freePort, HOST } from '../helpers/net';
@@ -103,5 +105,50 @@ describe('cli: serve --metrics and --stats-socket', function () {
       '--metrics', `${HOST}:${first.port}`]);
     assert.strictEqual(r.code, 1, r.stderr);
     assert.match(r.stderr, /^netdisk-ublk serve: --metrics: cannot listen: EADDRINUSE$/m);
+  });
+
+  it('without --stats-socket: serve-ADDRESS.stats.sock in the run directory, which stats asks without an ID', async () => {
+    const dir = tempDir(cleanup);
+    const env = { NETDISK_RUN_DIR: path.join(dir, 'run') };
+    const srv = await serveImage(cleanup, makeImage(dir, 'disk.img', MiB, 'zero'), { name: 'disk', env });
+    const sock = path.join(dir, 'run', `serve-127.0.0.1_${srv.port}.stats.sock`);
+    assert.strictEqual(srv.logs().find((l) => l.msg === 'serving')?.statsSocket, sock);
+    assert.strictEqual((await qemuIo(srv.uri('disk'), ['write 0 64k'])).code, 0);
+    const r = await runOk(process.execPath, [cliPath(), 'stats', '--json'], { env: { ...process.env, ...env } });
+    const [report, ...more] = r.stdout.toString().trim().split('\n').map((l) => JSON.parse(l) as StatsReport);
+    assert.strictEqual(more.length, 0);
+    assert.strictEqual(report?.name, 'export "disk"');
+    assert.strictEqual(report.total.ops.write.bytes, 64 * 1024);
+    assert.strictEqual((await srv.stop()).code, 0);
+    assert.ok(!fs.existsSync(sock), 'the socket is removed on the way out');
+    const none = await run(process.execPath, [cliPath(), 'stats'], { env: { ...process.env, ...env } });
+    assert.strictEqual(none.code, 1);
+    assert.strictEqual(none.stderr, 'netdisk-ublk stats: no running netdisk-ublk device or server\n');
+  });
+
+  it('a run directory it cannot make: serve goes on without a stats socket and says so', async () => {
+    const dir = tempDir(cleanup);
+    fs.writeFileSync(path.join(dir, 'file'), '');
+    const srv = await serveImage(cleanup, makeImage(dir, 'disk.img', MiB, 'zero'), { env: { NETDISK_RUN_DIR: path.join(dir, 'file', 'run') } });
+    const line = srv.logs().find((l) => l.msg === 'no stats socket (--stats-socket PATH names one)');
+    assert.strictEqual(line?.err, 'ENOTDIR');
+    assert.strictEqual(srv.logs().find((l) => l.msg === 'serving')?.statsSocket, undefined);
+    assert.strictEqual((await qemuIo(srv.uri(), ['read 0 4k'])).code, 0);
+  });
+
+  it('serveStatsSocketPath: the address in the name, a hash where the name would not fit a unix socket', () => {
+    const was = process.env.NETDISK_RUN_DIR;
+    process.env.NETDISK_RUN_DIR = '/run/netdisk-ublk';
+    try {
+      assert.strictEqual(serveStatsSocketPath('127.0.0.1:10809'), '/run/netdisk-ublk/serve-127.0.0.1_10809.stats.sock');
+      assert.strictEqual(serveStatsSocketPath('[::1]:10809'), '/run/netdisk-ublk/serve-___1__10809.stats.sock');
+      assert.strictEqual(serveStatsSocketPath('/srv/nbd.sock'), '/run/netdisk-ublk/serve-_srv_nbd.sock.stats.sock');
+      const long = serveStatsSocketPath(`/srv/${'x'.repeat(200)}.sock`);
+      assert.match(long, /^\/run\/netdisk-ublk\/serve-[0-9a-f]{16}\.stats\.sock$/);
+      assert.notStrictEqual(long, serveStatsSocketPath(`/srv/${'x'.repeat(201)}.sock`));
+    } finally {
+      if (was === undefined) delete process.env.NETDISK_RUN_DIR;
+      else process.env.NETDISK_RUN_DIR = was;
+    }
   });
 });
