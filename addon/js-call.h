@@ -1,4 +1,4 @@
-// What the ublk addon's JS-facing classes (Queue, RingSocket) do alike: read a numeric
+// What the ublk addon's JS-facing classes (Queue) do alike: read a numeric
 // option, and call their handlers from the event loop.
 #pragma once
 

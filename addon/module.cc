@@ -5,12 +5,10 @@
 
 #include "ctrl.h"
 #include "queue.h"
-#include "ring-socket.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ctrlCommand", Napi::Function::New(env, ublk::CtrlCommand, "ctrlCommand"));
   exports.Set("Queue", ublk::DefineQueue(env));
-  exports.Set("RingSocket", ublk::DefineRingSocket(env));
   return exports;
 }
 

@@ -1,7 +1,8 @@
-// An NBD connection's bytes as io_uring SQEs: request sends and reply receives on a ring
-// that may also carry other work (the ublk queue's FETCH/COMMIT commands). It owns no
-// ring: the caller prepares its SQEs into one, submits, and hands it every CQE whose
-// user_data has kUserDataBit set.
+// An NBD connection's bytes as io_uring SQEs: request sends and reply receives on the ublk
+// queue's ring, beside its FETCH/COMMIT commands (queue.cc). It owns no ring: the queue
+// prepares its SQEs with its own, submits them together, and hands it every CQE whose
+// user_data has kUserDataBit set and names this connection (bits 32..55: a queue may hold
+// an old connection's last operations while the next one runs).
 //
 // Where NBD knowledge crosses into C++ (everything else stays in TypeScript, which books
 // requests, writes their headers, matches replies to requests, maps errors and decides
@@ -49,8 +50,16 @@ class NbdRing {
   // What a CQE did, for the owner to act on.
   enum class Event { kNone, kReplies, kFailed };
 
-  NbdRing(int fd, uint32_t slots) : fd_(fd), slots_(slots), slot_(slots), replies_((slots + 1) * kReplyBytes) {}
+  NbdRing(int fd, uint32_t slots, uint32_t conn)
+      : fd_(fd), slots_(slots), conn_(conn & kConnMask), slot_(slots), replies_((slots + 1) * kReplyBytes) {}
 
+  // The connection a CQE of ours belongs to.
+  static uint32_t ConnOf(uint64_t userData) { return static_cast<uint32_t>(userData >> 32) & kConnMask; }
+  // SQEs a connection of `slots` can have prepared at once: a chain of every slot and the receive.
+  static uint32_t MaxSqesFor(uint32_t slots) { return MaxSendSqes(slots) + 1; }
+
+  int fd() const { return fd_; }
+  uint32_t conn() const { return conn_; }
   uint32_t slots() const { return slots_; }
   // Reply headers published since the last TakeReplies, kReplyBytes each.
   const uint8_t* replies() const { return replies_.data(); }
@@ -61,8 +70,6 @@ class NbdRing {
   bool failed() const { return failed_; }
   // SQEs this connection has in the kernel; Quiesce waits for them.
   uint32_t inFlight() const { return inFlight_; }
-  // SQEs a PrepareSends can need at most (a chain of every slot) plus the receive.
-  uint32_t MaxSqes() const { return MaxSendSqes() + 1; }
 
   // Queues the request in `slot` for the next chain. header: kRequestHeaderBytes; data
   // (WRITE) or into (READ: where its payload lands, `len` bytes) may be null. The memory
@@ -172,7 +179,10 @@ class NbdRing {
   static constexpr uint32_t kInPlace = 1;
   static constexpr uint32_t kStageBytes = 64 * 1024;
 
-  static uint64_t UserData(Kind kind, uint32_t value) { return kUserDataBit | uint64_t{kind} << 56 | value; }
+  static constexpr uint32_t kConnMask = 0xffffff;
+  uint64_t UserData(Kind kind, uint32_t value) const {
+    return kUserDataBit | uint64_t{kind} << 56 | uint64_t{conn_} << 32 | value;
+  }
 
   struct Slot {
     bool busy = false;
@@ -184,7 +194,7 @@ class NbdRing {
 
   // Linux's IOV_MAX: the pieces one sendmsg takes.
   static constexpr size_t kIovMax = 1024;
-  uint32_t MaxSendSqes() const { return static_cast<uint32_t>((2 * size_t{slots_} + kIovMax - 1) / kIovMax); }
+  static uint32_t MaxSendSqes(uint32_t slots) { return static_cast<uint32_t>((2 * size_t{slots} + kIovMax - 1) / kIovMax); }
 
   static uint32_t Be32(const uint8_t* p) {
     return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
@@ -268,13 +278,14 @@ class NbdRing {
 
   int fd_;
   uint32_t slots_;
+  uint32_t conn_;
   std::vector<Slot> slot_;
   // The pieces (header, payload) of the requests queued for the next chain, and of the
   // chain in flight, whose sendmsgs point into it until their CQEs.
   std::vector<iovec> next_;
   std::vector<iovec> chain_;
-  std::vector<msghdr> msgs_ = std::vector<msghdr>(MaxSendSqes());
-  std::vector<uint64_t> sendBytes_ = std::vector<uint64_t>(MaxSendSqes());
+  std::vector<msghdr> msgs_ = std::vector<msghdr>(MaxSendSqes(slots_));
+  std::vector<uint64_t> sendBytes_ = std::vector<uint64_t>(MaxSendSqes(slots_));
   std::vector<uint8_t> replies_;
   uint32_t nReplies_ = 0;
   uint32_t chainLeft_ = 0;

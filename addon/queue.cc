@@ -1,6 +1,9 @@
 // One ublk queue: the descriptor array mmapped from /dev/ublkcN, one buffer per
-// tag, one io_uring carrying FETCH_REQ/COMMIT_AND_FETCH_REQ, and the ring fd
-// polled by the libuv loop of the thread that created the queue.
+// tag, one io_uring carrying FETCH_REQ/COMMIT_AND_FETCH_REQ and, once a socket is
+// attached, the NBD connection's sends and receives (nbd-ring.h), and the ring fd
+// polled by the libuv loop of the thread that created the queue. One wake-up reaps
+// both kinds of completion and makes one JS call; one commit() submits a tick's
+// commits and sends with one io_uring_enter.
 //
 // Kernel rules this file is shaped by (Documentation/block/ublk.rst, ublk_drv.c):
 // - The task that issues a queue's FETCH_REQs becomes the queue's daemon; every
@@ -30,6 +33,7 @@
 
 #include "errors.h"
 #include "js-call.h"
+#include "nbd-ring.h"
 #include "ring-poll.h"
 #include "uapi/ublk_cmd.h"
 
@@ -72,6 +76,9 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
                            InstanceMethod<&Queue::Start>("start"),
                            InstanceMethod<&Queue::Commit>("commit"),
                            InstanceMethod<&Queue::Close>("close"),
+                           InstanceMethod<&Queue::AttachSocket>("attachSocket"),
+                           InstanceMethod<&Queue::SendRequest>("sendRequest"),
+                           InstanceMethod<&Queue::DetachSocket>("detachSocket"),
                        });
   }
 
@@ -83,6 +90,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     depth_ = UintOption(opts, "depth", 1, uapi::kMaxQueueDepth);
     bufBytes_ = UintOption(opts, "bufBytes", 1, 32u << 20);
     charFd_ = static_cast<int>(UintOption(opts, "charFd", 0, INT32_MAX));
+    socketSlots_ = opts.Has("socketSlots") ? UintOption(opts, "socketSlots", 0, 4096) : 0;
     Napi::Value encode = opts.Get("ioctlEncode");
     if (!encode.IsBoolean()) throw Napi::TypeError::New(env, "options.ioctlEncode must be a boolean");
     bool ioctlEncode = encode.As<Napi::Boolean>().Value();
@@ -138,10 +146,13 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     if (t == MAP_FAILED) throw ErrnoError(env, errno, "mmap");
     tags_ = new Region{t, tagLen, 1};
 
-    // SQ: one entry per tag is enough, as each tag has at most one command in
-    // flight. CQ defaults to twice that, so it cannot overflow. SUBMIT_ALL keeps
-    // one refused command from holding back the rest of a batch.
-    int rc = io_uring_queue_init(depth_, &ring_, IORING_SETUP_SUBMIT_ALL);
+    // SQ: one entry per tag (each tag has at most one command in flight), plus, with
+    // a socket, a chain of sends for every slot and the receive (a chain is never split
+    // across two submits: nbd-ring.h), plus a cancel and a wake-up NOP. CQ defaults to
+    // twice that, so it cannot overflow. SUBMIT_ALL keeps one refused command from
+    // holding back the rest of a batch.
+    uint32_t entries = depth_ + (socketSlots_ > 0 ? NbdRing::MaxSqesFor(socketSlots_) + 2 : 0);
+    int rc = io_uring_queue_init(entries, &ring_, IORING_SETUP_SUBMIT_ALL);
     if (rc < 0) throw ErrnoError(env, -rc, "io_uring_setup");
     ringUp_ = true;
     // A registered file saves a file-table lookup and refcount per command.
@@ -174,13 +185,13 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
                                              Napi::Number::New(env, depth_ * sizeof(uapi::IoDesc))}));
   }
 
-  // start(onRequests, readyTags, onStopped, onError)
+  // start(onEvents, readyTags, onStopped, onError): onEvents(requests, replies, socketFailure)
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed_) throw Napi::Error::New(env, "queue is closed");
     if (started_) throw Napi::Error::New(env, "queue already started");
     if (!info[0].IsFunction() || !info[2].IsFunction() || !info[3].IsFunction())
-      throw Napi::TypeError::New(env, "start(onRequests, readyTags, onStopped, onError): callbacks must be functions");
+      throw Napi::TypeError::New(env, "start(onEvents, readyTags, onStopped, onError): callbacks must be functions");
     if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array)
       throw Napi::TypeError::New(env, "readyTags must be a Uint16Array");
     Napi::Uint16Array ready = info[1].As<Napi::Uint16Array>();
@@ -194,9 +205,11 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     if (rc < 0) throw ErrnoError(env, -rc, "io_uring_enter");
 
     poll_.Start(env, ring_.ring_fd, this);
+    polling_ = true;
 
     onRequests_ = Napi::Persistent(info[0].As<Napi::Function>());
     ready_ = Napi::Persistent(ready);
+    readyData_ = ready.Data();
     onStopped_ = Napi::Persistent(info[2].As<Napi::Function>());
     onError_ = Napi::Persistent(info[3].As<Napi::Function>());
     calls_.Open(env, "ublk:queue", Value());
@@ -206,8 +219,8 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     return env.Undefined();
   }
 
-  // commit(pairs, count): pairs[2i] = tag, pairs[2i+1] = result. One SQE per pair,
-  // one io_uring_enter for all of them.
+  // commit(pairs, count): pairs[2i] = tag, pairs[2i+1] = result. One SQE per pair and
+  // the socket's queued sends (and its next receive), one io_uring_enter for all of them.
   Napi::Value Commit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed_ || !started_) throw Napi::Error::New(env, closed_ ? "queue is closed" : "queue not started");
@@ -235,6 +248,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       state_[tag] = kInKernel;
       prepared++;
     }
+    if (nbd_ != nullptr && !nbd_->failed()) prepared += nbd_->PrepareSends(&ring_) + nbd_->PrepareRecv(&ring_);
     if (prepared > 0) {
       int rc = Submit();
       if (rc < 0) throw ErrnoError(env, -rc, "io_uring_enter");
@@ -253,6 +267,8 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     onStopped_.Reset();
     onError_.Reset();
     ready_.Reset();
+    readyData_ = nullptr;
+    replies_.Reset();
     calls_.Close();
     // Detach first: from here on every Buffer view has length 0, so no JS read
     // can reach the memory released below.
@@ -269,11 +285,138 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     return env.Undefined();
   }
 
+  // attachSocket(fd, replies): from now on the connected stream socket fd (after its NBD
+  // handshake; never closed here) is driven on this ring. replies: (socketSlots + 1) * 16
+  // bytes, where each wake-up puts the reply headers it passes on.
+  Napi::Value AttachSocket(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) throw Napi::Error::New(env, "queue is closed");
+    if (socketSlots_ == 0) throw Napi::Error::New(env, "queue was made without socketSlots");
+    if (nbd_ != nullptr) throw Napi::Error::New(env, "a socket is already attached");
+    if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "attachSocket(fd, replies)");
+    int64_t fd = info[0].As<Napi::Number>().Int64Value();
+    if (fd < 0 || fd > INT32_MAX) throw Napi::RangeError::New(env, "fd out of range");
+    if (!info[1].IsBuffer()) throw Napi::TypeError::New(env, "replies must be a Buffer");
+    Napi::Buffer<uint8_t> replies = info[1].As<Napi::Buffer<uint8_t>>();
+    if (replies.Length() < (socketSlots_ + 1) * NbdRing::kReplyBytes)
+      throw Napi::RangeError::New(env, "replies must hold socketSlots + 1 headers");
+    nbd_ = std::make_unique<NbdRing>(static_cast<int>(fd), socketSlots_, ++connSeq_);
+    failureReported_ = false;
+    replies_ = Napi::Persistent(replies);
+    if (nbd_->PrepareRecv(&ring_) > 0) {
+      int rc = Submit();
+      if (rc < 0) {
+        DropSocket();
+        throw ErrnoError(env, -rc, "io_uring_enter");
+      }
+    }
+    // A queue whose tags all ended stopped polling; the socket's completions still need it.
+    if (started_ && !polling_ && !poll_.Resume()) throw Napi::Error::New(env, "cannot poll the ring again");
+    polling_ = polling_ || started_;
+    return env.Undefined();
+  }
+
+  // sendRequest(slot, gen, header, data, into): queues a request for the next commit();
+  // false once the connection has failed.
+  Napi::Value SendRequest(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (nbd_ == nullptr) throw Napi::Error::New(env, closed_ ? "queue is closed" : "no socket attached");
+    if (!info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsBuffer())
+      throw Napi::TypeError::New(env, "sendRequest(slot, gen, header, data, into)");
+    uint32_t slot = info[0].As<Napi::Number>().Uint32Value();
+    uint32_t gen = info[1].As<Napi::Number>().Uint32Value();
+    Napi::Buffer<uint8_t> header = info[2].As<Napi::Buffer<uint8_t>>();
+    if (header.Length() < NbdRing::kRequestHeaderBytes) throw Napi::RangeError::New(env, "header too short");
+    const uint8_t* data = nullptr;
+    uint32_t dataLen = 0;
+    uint8_t* into = nullptr;
+    uint32_t intoLen = 0;
+    if (info[3].IsBuffer()) {
+      Napi::Buffer<uint8_t> b = info[3].As<Napi::Buffer<uint8_t>>();
+      data = b.Data();
+      dataLen = static_cast<uint32_t>(b.Length());
+    }
+    if (info[4].IsBuffer()) {
+      Napi::Buffer<uint8_t> b = info[4].As<Napi::Buffer<uint8_t>>();
+      into = b.Data();
+      intoLen = static_cast<uint32_t>(b.Length());
+    }
+    if (nbd_->failed()) return Napi::Boolean::New(env, false);
+    if (!nbd_->Queue(slot, gen, header.Data(), data, dataLen, into, intoLen))
+      throw Napi::RangeError::New(env, "slot out of range or still in flight");
+    return Napi::Boolean::New(env, true);
+  }
+
+  // detachSocket(): every operation on the socket is cancelled and reaped (its memory is
+  // free for JS again); the socket itself is left to its owner. Idempotent.
+  Napi::Value DetachSocket(const Napi::CallbackInfo& info) {
+    DropSocket();
+    return info.Env().Undefined();
+  }
+
+  // Stops the attached connection: cancels its operations (by fd: the ublk commands on
+  // the same ring stay) and reaps until none is in flight. One the kernel does not
+  // cancel is retired, to be freed when its last CQE comes.
+  void DropSocket() {
+    if (nbd_ == nullptr) return;
+    // Reaped while still attached, so its CQEs find it.
+    if (ringUp_) WaitQuiet(nbd_.get());
+    if (nbd_->inFlight() > 0) retired_.push_back(std::move(nbd_));
+    nbd_.reset();
+    // Requests the reaping took off the ring reach JS on the next wake-up: make one.
+    if (nReady_ > 0 && ringUp_) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (sqe != nullptr) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data64(sqe, kOwnUserData);
+        Submit();
+      }
+    }
+    if (finished_ == depth_ && polling_ && retired_.empty()) {
+      polling_ = false;
+      poll_.Stop();
+    }
+  }
+
+  // Cancels n's operations and reaps (every CQE, the queue's too) until none is in flight.
+  void WaitQuiet(NbdRing* n) {
+    n->Stop();
+    bool cancelled = false, shut = false;
+    // Cancelled socket operations complete at once; the bound only guards against a
+    // kernel that does not cancel them: then shutdown() ends them, and failing that
+    // they stay retired until their last CQE.
+    for (int i = 0; i < 100 && n->inFlight() > 0; i++) {
+      if (!cancelled) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+        if (sqe != nullptr) {
+          io_uring_prep_cancel_fd(sqe, n->fd(), IORING_ASYNC_CANCEL_ALL);
+          io_uring_sqe_set_data64(sqe, kOwnUserData);
+          cancelled = Submit() >= 0;
+        }
+      } else if (i == 20 && !shut) {
+        shutdown(n->fd(), SHUT_RDWR);
+        shut = true;
+      }
+      io_uring_cqe* cqe = nullptr;
+      __kernel_timespec ts{0, 10 * 1000 * 1000};
+      int rc = io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);
+      if (rc < 0 && rc != -ETIME && rc != -EINTR) break;
+      Reap();
+    }
+  }
+
   // Drops everything that holds /dev/ublkcN (the ring with its registered file
   // and in-flight commands, the descriptor mapping): DEL_DEV waits for that.
   // Runs without JS, from close(), the destructor or environment teardown.
   void ReleaseKernel() {
     if (ringUp_) {
+      // The socket's operations point into memory freed with it: none may outlive this.
+      DropSocket();
+      // A retired connection's socket may be closed and its number reused: it cannot be
+      // cancelled by fd any more. The ring's exit ends its operations; their memory
+      // (never expected to exist: see WaitQuiet) is left allocated rather than risked.
+      for (std::unique_ptr<NbdRing>& n : retired_) static_cast<void>(n.release());
+      retired_.clear();
       io_uring_queue_exit(&ring_);
       ringUp_ = false;
     }
@@ -325,7 +468,65 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     ReleaseKernel();
   }
 
-  // One wake-up: reap every CQE, then at most one call of each callback.
+  // Takes every CQE: tags become ready (or finished), socket completions go to their
+  // connection. Runs in wake-ups and while a socket is being quiesced.
+  void Reap() {
+    uint16_t* ready = readyData_;
+    unsigned head, seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      seen++;
+      uint64_t ud = cqe->user_data;
+      if ((ud & NbdRing::kUserDataBit) != 0) {
+        OnSocketCqe(cqe);
+        continue;
+      }
+      uint64_t tag = ud;
+      if (tag >= depth_ || state_[tag] != kInKernel) continue;
+      if (cqe->res == uapi::kIoResOk) {
+        if (ready == nullptr) continue;  // not started: cannot happen (no fetch was issued)
+        state_[tag] = kOwned;
+        ready[nReady_++] = static_cast<uint16_t>(tag);
+      } else if (cqe->res == uapi::kIoResAbort) {
+        state_[tag] = kAborted;
+        finished_++;
+      } else {
+        // A refused FETCH/COMMIT (EINVAL, EBUSY...) or NEED_GET_DATA, which we
+        // never negotiate: nothing is outstanding for this tag any more.
+        state_[tag] = kFailed;
+        finished_++;
+        errTags_[nErrors_] = static_cast<uint16_t>(tag);
+        errResults_[nErrors_++] = cqe->res;
+      }
+    }
+    io_uring_cq_advance(&ring_, seen);
+    // Retired connections whose last operation ended are freed here, never while a
+    // WaitQuiet may hold one.
+    for (size_t i = retired_.size(); i-- > 0;) {
+      if (retired_[i]->inFlight() == 0) retired_.erase(retired_.begin() + static_cast<ptrdiff_t>(i));
+    }
+  }
+
+  void OnSocketCqe(const io_uring_cqe* cqe) {
+    uint32_t conn = NbdRing::ConnOf(cqe->user_data);
+    if (nbd_ != nullptr && nbd_->conn() == conn) {
+      nbd_->OnCqe(cqe);
+      return;
+    }
+    for (std::unique_ptr<NbdRing>& n : retired_) {
+      if (n->conn() != conn) continue;
+      n->OnCqe(cqe);
+      return;
+    }
+  }
+
+  int SubmitSocketWork() {
+    if (nbd_ == nullptr || nbd_->failed()) return 0;
+    uint32_t n = nbd_->PrepareSends(&ring_) + nbd_->PrepareRecv(&ring_);
+    return n == 0 ? 0 : Submit();
+  }
+
+  // One wake-up: reap every CQE, then one call of onEvents (and of the rare others).
   void OnReadable(int status) override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
@@ -336,39 +537,46 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       Invoke(onError_, {Napi::Number::New(env, -1), Napi::Number::New(env, -status)});
       return;
     }
-    uint16_t* ready = ready_.Value().Data();
-    uint32_t nReady = 0, nErrors = 0;
-    unsigned head, seen = 0;
-    io_uring_cqe* cqe;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
-      seen++;
-      uint64_t tag = cqe->user_data;
-      if (tag >= depth_ || state_[tag] != kInKernel) continue;
-      if (cqe->res == uapi::kIoResOk) {
-        state_[tag] = kOwned;
-        ready[nReady++] = static_cast<uint16_t>(tag);
-      } else if (cqe->res == uapi::kIoResAbort) {
-        state_[tag] = kAborted;
-        finished_++;
-      } else {
-        // A refused FETCH/COMMIT (EINVAL, EBUSY...) or NEED_GET_DATA, which we
-        // never negotiate: nothing is outstanding for this tag any more.
-        state_[tag] = kFailed;
-        finished_++;
-        errTags_[nErrors] = static_cast<uint16_t>(tag);
-        errResults_[nErrors++] = cqe->res;
+    Reap();
+    // Receives that complete while being submitted (the bytes were already there) post
+    // their CQE at once: keep reaping while that happens (bounded, to let the loop run).
+    // Every reap is followed by a submit, so the next receive is always posted; CQEs left
+    // after the last round keep the ring fd readable for the next wake-up.
+    for (int round = 1; nbd_ != nullptr && !nbd_->failed(); round++) {
+      if (SubmitSocketWork() < 0 || round == 64 || io_uring_cq_ready(&ring_) == 0) break;
+      Reap();
+    }
+    // -1: the socket is fine (or none is attached); else why it failed (0: the peer closed).
+    int32_t failure = -1;
+    uint32_t nReplies = 0;
+    if (nbd_ != nullptr) {
+      if (nbd_->failed() && !failureReported_) {
+        failureReported_ = true;
+        failure = nbd_->failure();
+        // Nothing of this connection may stay in flight once JS hears of its end.
+        WaitQuiet(nbd_.get());
+      }
+      nReplies = nbd_->replyCount();
+      if (nReplies > 0) {
+        std::memcpy(replies_.Value().Data(), nbd_->replies(), nReplies * NbdRing::kReplyBytes);
+        nbd_->TakeReplies();
       }
     }
-    io_uring_cq_advance(&ring_, seen);
+    uint32_t nReady = nReady_, nErrors = nErrors_;
+    nReady_ = nErrors_ = 0;
 
     bool finished = finished_ == depth_ && !stopped_;
     if (finished) {
       stopped_ = true;
-      poll_.Stop();
+      if (nbd_ == nullptr && retired_.empty()) {
+        polling_ = false;
+        poll_.Stop();
+      }
     }
     // Each callback may close the queue; stop touching it once it has.
-    if (nReady > 0) {
-      Invoke(onRequests_, {Napi::Number::New(env, nReady)});
+    if (nReady > 0 || nReplies > 0 || failure >= 0) {
+      Invoke(onRequests_, {Napi::Number::New(env, nReady), Napi::Number::New(env, nReplies),
+                           Napi::Number::New(env, failure)});
       if (closed_) return;
     }
     for (uint32_t i = 0; i < nErrors; i++) {
@@ -387,6 +595,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   uint32_t bufBytes_ = 0;
   size_t stride_ = 0;
   int charFd_ = -1;
+  uint32_t socketSlots_ = 0;
   uint32_t fetchOp_ = 0;
   uint32_t commitOp_ = 0;
 
@@ -403,15 +612,30 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   std::vector<uint16_t> errTags_;
   std::vector<int32_t> errResults_;
   uint32_t finished_ = 0;
+  // Reaped and not yet passed to JS (a socket's quiesce reaps outside a wake-up).
+  uint32_t nReady_ = 0;
+  uint32_t nErrors_ = 0;
+
+  // The attached connection, and earlier ones with operations the kernel has not ended.
+  std::unique_ptr<NbdRing> nbd_;
+  std::vector<std::unique_ptr<NbdRing>> retired_;
+  uint32_t connSeq_ = 0;
+  bool failureReported_ = false;
+  Napi::Reference<Napi::Buffer<uint8_t>> replies_;
+  // user_data of the queue's own housekeeping SQEs (cancel, wake-up NOP): not a tag.
+  static constexpr uint64_t kOwnUserData = 1ull << 62;
 
   RingPoll poll_;
   Napi::FunctionReference onRequests_;
   Napi::FunctionReference onStopped_;
   Napi::FunctionReference onError_;
   Napi::Reference<Napi::Uint16Array> ready_;
+  // ready_'s elements, for reaping where no JS may run (teardown).
+  uint16_t* readyData_ = nullptr;
   LoopCalls calls_;
 
   bool started_ = false;
+  bool polling_ = false;
   bool stopped_ = false;
   bool closed_ = false;
   bool envGone_ = false;

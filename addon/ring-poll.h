@@ -61,6 +61,9 @@ class RingPoll {
     if (h_ != nullptr) uv_poll_stop(&h_->handle);
   }
 
+  // Polls again after Stop(); false when there is no handle or libuv refuses.
+  bool Resume() { return h_ != nullptr && uv_poll_start(&h_->handle, UV_READABLE, OnPoll) == 0; }
+
   void Ref() {
     if (h_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(&h_->handle));
   }

@@ -12,7 +12,8 @@ import { sleep } from '../src/bench/procs';
 import type { TsPathReport, TsPathResult } from '../src/bench/results';
 import { startStore } from '../src/bench/stores';
 import { DATA_TRANSPORTS, DEVICE_DEFAULTS, type DataTransport } from '../src/device/config';
-import { ringTransport } from '../src/device/ring-transport';
+import { zeroQueueRing } from '../test/helpers/zero-ring';
+import { UblkQueue } from '../src/ublk/queue';
 import { QueueService } from '../src/device/queue-service';
 import { silentLogger } from '../src/log';
 import { ReconnectingClient } from '../src/nbd/reconnecting-client';
@@ -79,13 +80,14 @@ export async function measureTsPath(host: string, port: number, c: BenchCase, se
   transport: DataTransport = DEVICE_DEFAULTS.transport): Promise<TsPathResult> {
   const client = await ReconnectingClient.connect({
     host, port, exportName: '', timeoutMs: DEVICE_DEFAULTS.timeoutMs, failAfterMs: DEVICE_DEFAULTS.failAfterMs,
-    makeTransport: transport === 'ring' ? ringTransport(c.depth) : undefined,
+    makeTransport: transport === 'ring' ? zeroQueueRing(c.depth) : undefined,
   });
   let kernel: FakeKernelQueue | undefined;
-  const svc = new QueueService({
+  const q = new UblkQueue({
     devId: 0, qid: 0, depth: c.depth, maxIoBufBytes: Math.max(c.blockBytes, 4096), charFd: -1, ioctlEncode: true,
-    native: FakeKernelQueue.native((q) => { kernel = q; }),
-  }, client, silentLogger, new QueueCounters(newQueueCounters(), c.depth));
+    native: FakeKernelQueue.native((fake) => { kernel = fake; }),
+  });
+  const svc = new QueueService(q, client, silentLogger, new QueueCounters(newQueueCounters(), c.depth));
   svc.start();
   const w = new Workload(kernel as FakeKernelQueue, c, client.info.size);
   // Warm-up: the JIT compiles the hot path before the clock starts.

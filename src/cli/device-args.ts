@@ -31,7 +31,8 @@ export const DEVICE_USAGE = `  --queues N     queues, each with its own thread a
                  (default ${D.failAfterMs / 1000}; 0: fail at once)
   --transport ${DATA_TRANSPORTS.join('|')}
                  how each connection moves its bytes after the handshake: Node's socket
-                 stream, or io_uring (TLS always takes the stream) (default ${D.transport})
+                 stream, or the queue's own io_uring beside its ublk commands (TLS always
+                 takes the stream) (default ${D.transport})
   ${METRICS_USAGE}
                  (none by default; a recovered daemon serves them at the same address)`;
 

@@ -21,7 +21,8 @@ export interface DeviceConfig {
   failAfterMs: number;
   /**
    * How each queue's connection moves its bytes after the handshake: 'stream' (Node's
-   * socket) or 'ring' (io_uring, src/device/ring-transport.ts). TLS connections always use
+   * socket) or 'ring' (the queue's own io_uring, beside its ublk commands:
+   * src/device/ring-transport.ts). TLS connections always use
    * the stream. Absent in records written before it existed: the stream.
    */
   transport: DataTransport;

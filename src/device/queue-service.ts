@@ -5,7 +5,7 @@
 import type { ReconnectingClient } from '../nbd/reconnecting-client';
 import * as N from '../nbd/constants';
 import { NbdError, NbdRequestError } from '../nbd/errors';
-import { UblkQueue, UblkIoOp, type UblkQueueOptions } from '../ublk';
+import { UblkIoOp, type UblkQueue } from '../ublk';
 import { Logger } from '../log';
 import { EIO, EOPNOTSUPP } from '../errno';
 import type { QueueCounters } from '../stats/device-counters';
@@ -17,19 +17,17 @@ const COUNTED_OP: Record<number, number> = {
 };
 
 export class QueueService {
-  private readonly q: UblkQueue;
   private readonly exportFlags: number;
   private stoppedResolve!: () => void;
   /** Resolves once the kernel aborted every tag (the device is stopping). */
   readonly stopped: Promise<void>;
   private readonly onDone: (err: NbdError | null, tag: number) => void;
 
-  constructor(qopts: UblkQueueOptions, private readonly client: ReconnectingClient, private readonly log: Logger,
+  /** q: the queue, not yet started (its ring may already carry the client's connection). */
+  constructor(private readonly q: UblkQueue, private readonly client: ReconnectingClient, private readonly log: Logger,
     private readonly counters: QueueCounters) {
-    this.q = new UblkQueue(qopts);
     this.exportFlags = client.info.flags;
     this.stopped = new Promise((r) => { this.stoppedResolve = r; });
-    const q = this.q;
     // One closure for all requests: the tag travels as the request's context.
     this.onDone = (err, tag) => {
       if (err === null) {

@@ -9,6 +9,7 @@ import { DEVICE_DEFAULTS, type DeviceConfig } from './config';
 import { QueueCounters } from '../stats/device-counters';
 import { QueueService } from './queue-service';
 import { ringTransport } from './ring-transport';
+import { UblkQueue } from '../ublk';
 
 export interface QueueWorkerData {
   devId: number;
@@ -39,14 +40,27 @@ const log = createLogger('netdisk-ublk').child({ dev: d.devId, q: d.qid });
 const post = (m: QueueWorkerMessage): void => port.postMessage(m);
 
 async function main(): Promise<void> {
+  // A connection never has more requests in flight than the queue has tags.
+  const ring = d.config.transport === 'ring';
+  let q: UblkQueue;
   let client: ReconnectingClient;
+  try {
+    q = new UblkQueue({
+      devId: d.devId, qid: d.qid, depth: d.config.depth, maxIoBufBytes: d.config.maxIoBufBytes, charFd: d.charFd,
+      ioctlEncode: d.ioctlEncode, socketSlots: ring ? d.config.depth : 0,
+    });
+  } catch (err) {
+    post({ type: 'failed', message: (err as Error).message });
+    return;
+  }
   try {
     client = await ReconnectingClient.connect({
       ...d.config.remote, expect: d.expect, timeoutMs: d.config.timeoutMs, failAfterMs: d.config.failAfterMs,
-      // A connection never has more requests in flight than the queue has tags.
-      makeTransport: d.config.transport === 'ring' ? ringTransport(d.config.depth) : undefined,
+      // The ring transport drives each connection on this queue's own io_uring.
+      makeTransport: ring ? ringTransport(q, d.config.depth) : undefined,
     });
   } catch (err) {
+    q.close();
     post({ type: 'failed', message: (err as Error).message });
     return;
   }
@@ -73,12 +87,7 @@ async function main(): Promise<void> {
     if (m.type === 'shutdown') client.shutdown();
   };
   port.on('message', onCommand);
-  const svc = new QueueService(
-    { devId: d.devId, qid: d.qid, depth: d.config.depth, maxIoBufBytes: d.config.maxIoBufBytes, charFd: d.charFd, ioctlEncode: d.ioctlEncode },
-    client,
-    log,
-    counters,
-  );
+  const svc = new QueueService(q, client, log, counters);
   svc.start();
   // Which data path runs: asked for in the settings, and what the connection took (TLS: the stream).
   log.info({ transport: client.transportKind, asked: d.config.transport ?? DEVICE_DEFAULTS.transport }, 'queue serving');

@@ -96,4 +96,4 @@ function firstLine(err: unknown): string {
 
 export type { FileOpsNative, NativeFileRing } from './fileops.d';
 export type { SdNotifyNative } from './sdnotify.d';
-export type { NativeQueue, NativeQueueConstructor, NativeQueueOptions, NativeRingSocket, UblkNative } from './ublk.d';
+export type { NativeQueue, NativeQueueConstructor, NativeQueueOptions, UblkNative } from './ublk.d';

@@ -13,6 +13,11 @@ export interface NativeQueueOptions {
   charFd: number;
   /** Use the ioctl-encoded I/O opcodes (the device has UBLK_F_CMD_IOCTL_ENCODE). */
   ioctlEncode: boolean;
+  /**
+   * Requests in flight at most on an attached NBD socket (a request's slot, its cookie's
+   * low 32 bits, is below this); sizes the ring for them. 0 or absent: no socket.
+   */
+  socketSlots?: number;
 }
 
 /**
@@ -26,68 +31,50 @@ export interface NativeQueue {
   readonly descs: Buffer;
   /**
    * Issues FETCH_REQ for every tag and starts polling the ring on this thread's loop.
-   * On each wake-up all completions are reaped; the tags that now hold a request are
-   * written to readyTags[0 .. count) and onRequests(count) is called once. Refused
+   * On each wake-up all completions are reaped, the kernel's and the attached socket's,
+   * and onEvents(requests, replies, socketFailure) is called once: the tags that now hold
+   * a request are in readyTags[0 .. requests), the NBD reply headers that arrived (16
+   * bytes each, a READ's only once its payload is in place) in attachSocket's replies
+   * buffer [0 .. 16 * replies); socketFailure is -1, or, once, why the socket failed (an
+   * errno, 0: the peer closed), with none of its operations left in flight. Refused
    * commands are reported by onError(tag, errno) (tag -1: the ring fd itself failed).
    * When every tag has been aborted by the kernel (device stopped) or refused,
-   * polling stops and onStopped() is called once.
+   * onStopped() is called once, and polling stops unless a socket is attached.
    */
   start(
-    onRequests: (count: number) => void,
+    onEvents: (requests: number, replies: number, socketFailure: number) => void,
     readyTags: Uint16Array,
     onStopped: () => void,
     onError: (tag: number, errno: number) => void,
   ): void;
   /**
    * COMMIT_AND_FETCH_REQ for pairs[2i] = tag, pairs[2i+1] = result (bytes done, or
-   * -errno), i < count: one SQE each, one io_uring_enter for all. Throws RangeError for
-   * a tag that holds no request (the pairs before it are still submitted).
+   * -errno), i < count, and the socket's queued requests (sendRequest): one SQE each (the
+   * requests as one linked sendmsg chain), one io_uring_enter for all. Throws RangeError
+   * for a tag that holds no request (the pairs before it are still submitted).
    */
   commit(pairs: Int32Array, count: number): void;
+  /**
+   * Drives a connected stream socket's NBD transmission on this queue's ring (fd: after
+   * the handshake; never closed by the addon). Reply headers reach onEvents through
+   * replies ((socketSlots + 1) * 16 bytes). One socket at a time.
+   */
+  attachSocket(fd: number, replies: Buffer): void;
+  /**
+   * Queues a request for the next commit(): header (28 bytes) and data (WRITE) leave in
+   * one sendmsg; into (READ, exactly its length) receives the payload. The Buffers must
+   * stay unchanged until the reply is passed on or detachSocket() returns. False once
+   * the socket failed.
+   */
+  sendRequest(slot: number, gen: number, header: Buffer, data: Buffer | null, into: Buffer | null): boolean;
+  /** Cancels and reaps every operation on the socket; the socket is left to its owner. Idempotent. */
+  detachSocket(): void;
   /** Stops polling, exits the ring, unmaps the descriptors, frees the buffers. Idempotent. */
   close(): void;
 }
 
 export interface NativeQueueConstructor {
   new (options: NativeQueueOptions): NativeQueue;
-}
-
-export interface NativeRingSocketOptions {
-  /** A connected stream socket's fd (TCP or unix), after the NBD handshake. Never closed by the addon. */
-  fd: number;
-  /** Requests in flight at most: a request's slot (its cookie's low 32 bits) is below this. */
-  slots: number;
-}
-
-/**
- * An NBD connection's data path on an io_uring of its own (addon/ring-socket.cc, the
- * bytes in addon/nbd-ring.h), polled on the creating thread's loop. It knows the 16-byte
- * simple reply and that a successful READ's reply is followed by the request's length of
- * data; TypeScript decides everything else.
- */
-export interface NativeRingSocket {
-  /**
-   * Starts receiving. Each wake-up, the reply headers that arrived (16 bytes each, a
-   * READ's only once its payload is in place) are copied to replies[0 .. 16 * count) and
-   * onReplies(count) is called once. A reply naming no request sent here is passed on and
-   * ends reception. When the connection fails (errno, or 0: the peer closed it), every
-   * operation is cancelled and reaped, then onClosed(errno) is called once.
-   */
-  start(onReplies: (count: number) => void, replies: Buffer, onClosed: (errno: number) => void): void;
-  /**
-   * Queues a request for the next flush(): header (28 bytes) and data (WRITE) leave in one
-   * sendmsg; into (READ, exactly its length) receives the payload. The Buffers must stay
-   * unchanged until the reply is passed on or close() returns. False once the connection failed.
-   */
-  queue(slot: number, gen: number, header: Buffer, data: Buffer | null, into: Buffer | null): boolean;
-  /** Sends what was queued as one linked chain, after the chain in flight if any. */
-  flush(): void;
-  /** Cancels and reaps every operation in flight, then releases the ring. Idempotent. */
-  close(): void;
-}
-
-export interface NativeRingSocketConstructor {
-  new (options: NativeRingSocketOptions): NativeRingSocket;
 }
 
 export interface UblkNative {
@@ -98,5 +85,4 @@ export interface UblkNative {
    */
   ctrlCommand(op: number, devId: number, queueId: number, data0: bigint, buf: Buffer | null): Promise<number>;
   Queue: NativeQueueConstructor;
-  RingSocket: NativeRingSocketConstructor;
 }

@@ -2,5 +2,5 @@
 export * from './constants';
 export { UblkCtrl, ublkAvailable, type AddDevOptions } from './ctrl';
 export { UblkError, codeForErrno, toUblkError, type UblkErrorCode } from './errors';
-export { UblkQueue, closeCharDev, openCharDev, type UblkQueueHandler, type UblkQueueOptions } from './queue';
+export { UblkQueue, closeCharDev, openCharDev, type UblkQueueHandler, type UblkQueueOptions, type UblkSocketSink } from './queue';
 export * from './structs';

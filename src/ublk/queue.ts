@@ -1,5 +1,7 @@
 // One ublk queue as seen from TypeScript: request descriptors by tag, per-tag
-// buffers, and completions batched into one native commit per tick.
+// buffers, and completions batched into one native commit per tick. An NBD socket may
+// ride on the queue's ring (attachSocket): its requests leave with that commit and its
+// replies arrive in the same wake-up as the kernel's requests.
 //
 // A UblkQueue must stay on the thread that created it (the kernel takes a queue's
 // commands only from the task that fetched it); run one per worker_thread for
@@ -21,7 +23,17 @@ export interface UblkQueueOptions {
   charFd: number;
   /** The device was added with UBLK_F_CMD_IOCTL_ENCODE. */
   ioctlEncode: boolean;
+  /** Requests in flight at most on a socket attached to the queue's ring (0, the default: none). */
+  socketSlots?: number;
   native?: UblkNative;
+}
+
+/** Where a socket attached to the queue's ring reports (see NativeQueue.attachSocket). */
+export interface UblkSocketSink {
+  /** n reply headers arrived, 16 bytes each at the start of the buffer given to attachSocket. */
+  replies(n: number): void;
+  /** The socket failed (errno, 0: the peer closed); none of its operations is in flight. */
+  closed(errno: number): void;
 }
 
 export interface UblkQueueHandler {
@@ -77,6 +89,9 @@ export class UblkQueue {
   // data(tag) views, kept while a tag's requests keep the same length.
   private readonly views: Array<Buffer | undefined>;
   private handler: UblkQueueHandler | undefined;
+  private sink: UblkSocketSink | null = null;
+  /** Requests queued on the socket since the last commit. */
+  private sends = 0;
   private state: 'new' | 'running' | 'stopped' | 'closed' = 'new';
   private readonly flushBound = (): void => this.flush();
 
@@ -95,6 +110,7 @@ export class UblkQueue {
         bufBytes: opts.maxIoBufBytes,
         charFd: opts.charFd,
         ioctlEncode: opts.ioctlEncode,
+        socketSlots: opts.socketSlots ?? 0,
       });
     } catch (err) {
       throw toUblkError(err, { devId: opts.devId, qid: opts.qid });
@@ -114,7 +130,7 @@ export class UblkQueue {
     this.handler = handler;
     try {
       this.nq.start(
-        (count) => this.onRequests(count),
+        (count, replies, failure) => this.onEvents(count, replies, failure),
         this.ready,
         () => this.onStopped(),
         (tag, errno) => this.onError(tag, errno),
@@ -186,20 +202,57 @@ export class UblkQueue {
     const i = this.nPairs++ * 2;
     this.pairs[i] = tag;
     this.pairs[i + 1] = result;
-    if (!this.flushQueued) {
-      this.flushQueued = true;
-      // A microtask: it runs once the callback that completed requests returns (the
-      // socket's read callback, a reply batch), so the batch is committed together.
-      // A resolved promise's then() is cheaper than queueMicrotask(), which sets up an
-      // async resource each time.
-      void RESOLVED.then(this.flushBound, undefined);
+    this.flushSoon();
+  }
+
+  private flushSoon(): void {
+    if (this.flushQueued) return;
+    this.flushQueued = true;
+    // A microtask: it runs once the callback that completed requests returns (the
+    // socket's read callback, a wake-up's replies and requests), so the batch is
+    // committed together. A resolved promise's then() is cheaper than queueMicrotask(),
+    // which sets up an async resource each time.
+    void RESOLVED.then(this.flushBound, undefined);
+  }
+
+  /**
+   * Drives the connected socket fd on this queue's ring (see NativeQueue.attachSocket);
+   * sink hears of its replies, copied to `replies`, and of its end.
+   */
+  attachSocket(fd: number, replies: Buffer, sink: UblkSocketSink): void {
+    if (this.state === 'closed') throw new UblkError('UBLK_USAGE', `ublk queue ${this.qid}: attachSocket() on a closed queue`);
+    try {
+      this.nq.attachSocket(fd, replies);
+    } catch (err) {
+      throw toUblkError(err, { devId: this.devId, qid: this.qid });
     }
+    this.sink = sink;
+  }
+
+  /**
+   * Queues a request on the attached socket; it leaves with this tick's commit. False once
+   * the socket failed (or none is attached).
+   */
+  sendRequest(slot: number, gen: number, header: Buffer, data: Buffer | null, into: Buffer | null): boolean {
+    if (this.sink === null || this.state === 'closed') return false;
+    if (!this.nq.sendRequest(slot, gen, header, data, into)) return false;
+    this.sends++;
+    this.flushSoon();
+    return true;
+  }
+
+  /** Stops driving the socket: nothing of it is in flight once this returns. Idempotent. */
+  detachSocket(): void {
+    this.sink = null;
+    this.sends = 0;
+    if (this.state !== 'closed') this.nq.detachSocket();
   }
 
   /** Stops serving and releases the ring, the mappings and the buffers. Idempotent. */
   close(): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    this.sink = null;
     this.nPairs = 0;
     this.owned.fill(0);
     this.nq.close();
@@ -208,8 +261,9 @@ export class UblkQueue {
   private flush(): void {
     this.flushQueued = false;
     const n = this.nPairs;
-    if (n === 0 || this.state === 'closed') return;
+    if ((n === 0 && this.sends === 0) || this.state === 'closed') return;
     this.nPairs = 0;
+    this.sends = 0;
     try {
       this.nq.commit(this.pairs, n);
     } catch (err) {
@@ -217,7 +271,11 @@ export class UblkQueue {
     }
   }
 
-  private onRequests(count: number): void {
+  private onEvents(count: number, replies: number, failure: number): void {
+    // Replies first: they free the request slots the new requests may need.
+    if (replies > 0) this.sink?.replies(replies);
+    if (failure >= 0) this.sink?.closed(failure);
+    if (count === 0 || this.isClosed()) return;
     const h = this.handler;
     if (h === undefined) return;
     for (let i = 0; i < count; i++) {
@@ -228,6 +286,11 @@ export class UblkQueue {
       h.request(this.ready[i] ?? 0);
       if (this.state === 'closed') return;
     }
+  }
+
+  /** A method, not a field test: a callback above may have closed the queue. */
+  private isClosed(): boolean {
+    return this.state === 'closed';
   }
 
   private onStopped(): void {

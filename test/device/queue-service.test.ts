@@ -9,6 +9,7 @@ import { QueueCounters, newQueueCounters, readCounters, type DeviceCounters } fr
 import { silentLogger } from '../../src/log';
 import { ReconnectingClient } from '../../src/nbd/reconnecting-client';
 import { UblkIoFlag, UblkIoOp } from '../../src/ublk/constants';
+import { UblkQueue } from '../../src/ublk/queue';
 import { FakeKernelQueue } from '../helpers/fake-kernel-queue';
 import { CMD, FakeNbdServer } from '../helpers/fake-nbd';
 import { patternBuffer } from '../helpers/images';
@@ -43,9 +44,9 @@ async function rig(cleanup: Cleanup, opts: { failAfterMs?: number; makeTransport
   cleanup.add(() => client.close());
   let kernel: FakeKernelQueue | undefined;
   const buf = newQueueCounters();
-  const svc = new QueueService(
-    { devId: 0, qid: 0, depth: DEPTH, maxIoBufBytes: 65536, charFd: -1, ioctlEncode: true, native: FakeKernelQueue.native((q) => { kernel = q; }) },
-    client, silentLogger, new QueueCounters(buf, DEPTH));
+  const q = new UblkQueue({ devId: 0, qid: 0, depth: DEPTH, maxIoBufBytes: 65536, charFd: -1, ioctlEncode: true,
+    native: FakeKernelQueue.native((fake) => { kernel = fake; }) });
+  const svc = new QueueService(q, client, silentLogger, new QueueCounters(buf, DEPTH));
   svc.start();
   const k = kernel as FakeKernelQueue;
   return {

@@ -21,7 +21,7 @@ export class FakeKernelQueue implements NativeQueue {
   private readonly pending: Uint16Array;
   private nPending = 0;
   private readonly owned: Uint8Array;
-  private onRequests: ((count: number) => void) | undefined;
+  private onRequests: ((count: number, replies: number, socketFailure: number) => void) | undefined;
   private ready: Uint16Array | undefined;
   private onStopped: (() => void) | undefined;
   private onError: ((tag: number, errno: number) => void) | undefined;
@@ -47,11 +47,6 @@ export class FakeKernelQueue implements NativeQueue {
           return q;
         }
       } as unknown as UblkNative['Queue'],
-      RingSocket: class {
-        constructor() {
-          throw new Error('the fake kernel has no ring socket');
-        }
-      } as unknown as UblkNative['RingSocket'],
     };
   }
 
@@ -59,7 +54,7 @@ export class FakeKernelQueue implements NativeQueue {
     return this.onRequests !== undefined;
   }
 
-  start(onRequests: (count: number) => void, readyTags: Uint16Array, onStopped: () => void,
+  start(onRequests: (count: number, replies: number, socketFailure: number) => void, readyTags: Uint16Array, onStopped: () => void,
     onError: (tag: number, errno: number) => void): void {
     this.onRequests = onRequests;
     this.ready = readyTags;
@@ -92,7 +87,7 @@ export class FakeKernelQueue implements NativeQueue {
       this.owned[tag] = 1;
     }
     this.nPending = 0;
-    (this.onRequests as (count: number) => void)(n);
+    this.onRequests?.(n, 0, -1);
     return n;
   }
 
@@ -117,6 +112,18 @@ export class FakeKernelQueue implements NativeQueue {
   /** A command the kernel refused on tag (errno positive). */
   refuse(tag: number, errno: number): void {
     this.onError?.(tag, errno);
+  }
+
+  attachSocket(): void {
+    throw new Error('the fake kernel has no ring for a socket');
+  }
+
+  sendRequest(): boolean {
+    return false;
+  }
+
+  detachSocket(): void {
+    // No socket can have been attached.
   }
 
   close(): void {

@@ -1,6 +1,6 @@
 // The NBD client's transports, for tests that run the same scenarios over each.
 import type { TransportFactory } from '../../src/nbd/transport';
-import { ringTransport } from '../../src/device/ring-transport';
+import { zeroQueueRing } from './zero-ring';
 
 export interface TransportCase {
   name: 'stream' | 'ring';
@@ -11,7 +11,7 @@ export interface TransportCase {
 export const TRANSPORTS: readonly TransportCase[] = [
   { name: 'stream', make: undefined },
   // Room for the most requests any test keeps in flight (256).
-  { name: 'ring', make: ringTransport(512) },
+  { name: 'ring', make: zeroQueueRing(512) },
 ];
 
 /**
