@@ -248,8 +248,12 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       state_[tag] = kInKernel;
       prepared++;
     }
-    if (nbd_ != nullptr && !nbd_->failed()) prepared += nbd_->PrepareSends(&ring_) + nbd_->PrepareRecv(&ring_);
-    if (prepared > 0) {
+    if (nbd_ != nullptr && !nbd_->failed()) {
+      nbd_->PrepareSends(&ring_);
+      nbd_->PrepareRecv(&ring_);
+    }
+    // Also what a wake-up prepared and left for this commit (the socket's receive).
+    if (prepared > 0 || io_uring_sq_ready(&ring_) > 0) {
       int rc = Submit();
       if (rc < 0) throw ErrnoError(env, -rc, "io_uring_enter");
     }
@@ -520,12 +524,6 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     }
   }
 
-  int SubmitSocketWork() {
-    if (nbd_ == nullptr || nbd_->failed()) return 0;
-    uint32_t n = nbd_->PrepareSends(&ring_) + nbd_->PrepareRecv(&ring_);
-    return n == 0 ? 0 : Submit();
-  }
-
   // One wake-up: reap every CQE, then one call of onEvents (and of the rare others).
   void OnReadable(int status) override {
     Napi::Env env = Env();
@@ -538,13 +536,13 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       return;
     }
     Reap();
-    // Receives that complete while being submitted (the bytes were already there) post
-    // their CQE at once: keep reaping while that happens (bounded, to let the loop run).
-    // Every reap is followed by a submit, so the next receive is always posted; CQEs left
-    // after the last round keep the ring fd readable for the next wake-up.
-    for (int round = 1; nbd_ != nullptr && !nbd_->failed(); round++) {
-      if (SubmitSocketWork() < 0 || round == 64 || io_uring_cq_ready(&ring_) == 0) break;
-      Reap();
+    // The socket's next receive (and a send chain that waited for the one in flight) is
+    // prepared now and submitted by the commit the JS call below makes, with the commits
+    // and new sends: one io_uring_enter per wake-up. Without a JS call, or a commit in it,
+    // it is submitted here.
+    if (nbd_ != nullptr && !nbd_->failed()) {
+      nbd_->PrepareSends(&ring_);
+      nbd_->PrepareRecv(&ring_);
     }
     // -1: the socket is fine (or none is attached); else why it failed (0: the peer closed).
     int32_t failure = -1;
@@ -577,6 +575,11 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     if (nReady > 0 || nReplies > 0 || failure >= 0) {
       Invoke(onRequests_, {Napi::Number::New(env, nReady), Napi::Number::New(env, nReplies),
                            Napi::Number::New(env, failure)});
+      if (closed_) return;
+    }
+    if (io_uring_sq_ready(&ring_) > 0) {
+      int rc = Submit();
+      if (rc < 0) Invoke(onError_, {Napi::Number::New(env, -1), Napi::Number::New(env, -rc)});
       if (closed_) return;
     }
     for (uint32_t i = 0; i < nErrors; i++) {
