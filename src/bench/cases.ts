@@ -20,6 +20,8 @@ export const CASES: readonly BenchCase[] = [
   { id: 'randwrite-4k-qd1', title: '4 KiB random write, QD1', rw: 'randwrite', blockBytes: 4096, depth: 1, metrics: ['p50', 'p99', 'p99.9', 'iops'] },
   { id: 'randread-4k-qd32', title: '4 KiB random read, QD32', rw: 'randread', blockBytes: 4096, depth: 32, metrics: ['iops', 'p99'] },
   { id: 'randwrite-4k-qd32', title: '4 KiB random write, QD32', rw: 'randwrite', blockBytes: 4096, depth: 32, metrics: ['iops', 'p99'] },
+  { id: 'randread-64k-qd8', title: '64 KiB random read, QD8', rw: 'randread', blockBytes: 64 * 1024, depth: 8, metrics: ['mbps', 'iops'] },
+  { id: 'randwrite-64k-qd8', title: '64 KiB random write, QD8', rw: 'randwrite', blockBytes: 64 * 1024, depth: 8, metrics: ['mbps', 'iops'] },
   { id: 'read-1m-qd8', title: '1 MiB sequential read, QD8', rw: 'read', blockBytes: 1 << 20, depth: 8, metrics: ['mbps'] },
   { id: 'write-1m-qd8', title: '1 MiB sequential write, QD8', rw: 'write', blockBytes: 1 << 20, depth: 8, metrics: ['mbps'] },
 ];

@@ -146,7 +146,7 @@ export async function runBench(o: RunOptions): Promise<BenchResults> {
             (per[k] ??= []).push(s);
             o.log(`  run ${r + 1}/${o.runs} ${c.id.padEnd(17)} ${k.padEnd(4)} ` +
               (c.depth === 1 ? `p50 ${s.p50.toFixed(0)} us, ` : '') +
-              (c.blockBytes > 65536 ? `${s.mbps.toFixed(1)} MB/s` : `${Math.round(s.iops)} IOPS`));
+              (c.blockBytes >= 65536 ? `${s.mbps.toFixed(1)} MB/s` : `${Math.round(s.iops)} IOPS`));
           }
         }
       }
