@@ -413,6 +413,8 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   // and in-flight commands, the descriptor mapping): DEL_DEV waits for that.
   // Runs without JS, from close(), the destructor or environment teardown.
   void ReleaseKernel() {
+    // No request reaches JS any more; the array may be going away with the environment.
+    readyData_ = nullptr;
     if (ringUp_) {
       // The socket's operations point into memory freed with it: none may outlive this.
       DropSocket();
