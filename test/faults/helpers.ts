@@ -11,9 +11,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  CLI, HOST, MiB, cli, cliOk, daemonLog, expectingKernelErrors, freePort, ok, run, sleep, start, ublkNodes, waitFor,
+  CLI, HOST, MiB, cli, cliOk, daemonLog, expectingKernelErrors, freePort, ok, requireKernel, run, sleep, start, ublkNodes, waitFor,
   type RunResult, type Running,
 } from '../device/helpers';
+import { FakeNbdServer } from '../helpers/fake-nbd';
+import { patternBuffer } from '../helpers/images';
 import { addTransportArgs } from '../helpers/transports';
 
 // The workload every fault scenario shares (the CI tests and the reliability table alike).
@@ -289,6 +291,39 @@ export function markDaemonLog(tl: Timeline, id: number, since = 0, all = false):
   }
 }
 
+/** One device on a scripted store, for a suite; filled in by the suite's before(). */
+export interface ScriptedDevice {
+  store: FakeNbdServer;
+  dev: Device;
+  /** A directory of the suite's own for scratch files. */
+  scratch: string;
+}
+
+/**
+ * Mocha hooks for a suite on one device backed by a scripted store (test/helpers/fake-nbd.ts)
+ * holding `size` bytes of pattern `seed`, added with `addArgs`: before() starts both, after()
+ * deletes every device and checks that the store's own scripts never failed.
+ */
+export function scriptedStoreDevice(size: number, seed: number, addArgs: string[]): ScriptedDevice {
+  const s = {} as ScriptedDevice;
+  before(async function () {
+    requireKernel(this);
+    assert.deepStrictEqual(ublkNodes(), ['ublk-control'], 'ublk devices exist before the test');
+    s.scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'netdisk-scripted-'));
+    s.store = await FakeNbdServer.start(size);
+    patternBuffer(size, seed).copy(s.store.disk);
+    s.dev = await addDevice(s.store.port, addArgs);
+  });
+  after(async function () {
+    const r = await cli(['del', '--all'], { timeoutMs: 120_000 });
+    await s.store?.close();
+    if (s.scratch) fs.rmSync(s.scratch, { recursive: true, force: true });
+    assert.strictEqual(r.code, 0, `del --all failed: ${r.stderr}`);
+    assert.deepStrictEqual(s.store?.errors ?? [], [], 'the scripted store failed');
+  });
+  return s;
+}
+
 export function mounted(dir: string): { rw: boolean } | undefined {
   const line = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === dir);
   if (!line) return undefined;
@@ -348,6 +383,27 @@ export class FaultEnv {
     if (left.length > 0) errors.push(`devices left after cleanup: ${left.join(' ')}`);
     if (errors.length > 0) throw new Error(`cleanup of "${this.title}":\n${errors.join('\n')}`);
   }
+}
+
+/**
+ * fio writes FIO_BYTES to a file on the filesystem at mnt and verifies them, while the store
+ * is killed (-9) mid-write and restarted `downMs` later on the same address; the timeline
+ * gets the fault, fio's progress and the daemon's log. Resolves with fio's outcome.
+ */
+export async function fioThroughStoreRestart(tl: Timeline, store: Store, dev: Device, mnt: string, downMs: number, over = ''): Promise<FioOutcome> {
+  const fio = startFio(path.join(mnt, 'fio.dat'), { size: FIO_BYTES, rate: FIO_RATE, timeoutMs: 400_000 });
+  tl.mark(`fio started on ext4 on ${dev.device}${over}: write ${mib(FIO_BYTES)} (crc32c in every block), then verify`, fio.began);
+  await fio.written(FAULT_AT);
+  await store.kill9();
+  tl.mark('store killed (kill -9)');
+  await sleep(downMs);
+  await store.restart();
+  tl.mark('store restarted on the same address');
+  const out = await fio.done;
+  tl.mark(`fio ended: exit ${out.code}, error ${out.error}, ${mib(out.written)} written, ${mib(out.verified)} verified`);
+  markFioProgress(tl, fio);
+  markDaemonLog(tl, dev.id, tl.t0);
+  return out;
 }
 
 /** Unmounts, deletes the device and checks the filesystem on the store's image. */

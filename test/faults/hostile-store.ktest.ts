@@ -6,12 +6,10 @@
 // replies carry poison bytes that must never reach the kernel. The daemon never dies.
 import * as assert from 'assert';
 import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
-import { cli, cliOk, pidAlive, requireKernel, ublkNodes, waitFor } from '../device/helpers';
-import { CMD, FakeNbdServer, POISON, type Hostile } from '../helpers/fake-nbd';
+import { cliOk, pidAlive, waitFor } from '../device/helpers';
+import { CMD, POISON, type FakeNbdServer, type Hostile } from '../helpers/fake-nbd';
 import { patternBuffer } from '../helpers/images';
-import { MiB, addDevice, daemonLog, expectingKernelErrors, readDirect, writeDirect, type Device } from './helpers';
+import { MiB, daemonLog, expectingKernelErrors, readDirect, scriptedStoreDevice, writeDirect, type Device } from './helpers';
 
 const SIZE = 16 * MiB;
 const LEN = 64 * 1024;
@@ -25,25 +23,13 @@ function firstDiff(a: Buffer, b: Buffer): number {
 
 describe('faults: hostile replies from a scripted store, through the device (real kernel)', function () {
   this.timeout(300_000);
+  const sd = scriptedStoreDevice(SIZE, 11, ['--timeout', String(TIMEOUT_S), '--fail-after', String(FAIL_AFTER_S)]);
   let store: FakeNbdServer;
   let dev: Device;
   let scratch = '';
 
-  before(async function () {
-    requireKernel(this);
-    assert.deepStrictEqual(ublkNodes(), ['ublk-control'], 'ublk devices exist before the test');
-    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'netdisk-hostile-'));
-    store = await FakeNbdServer.start(SIZE);
-    patternBuffer(SIZE, 11).copy(store.disk);
-    dev = await addDevice(store.port, ['--timeout', String(TIMEOUT_S), '--fail-after', String(FAIL_AFTER_S)]);
-  });
-
-  after(async function () {
-    const r = await cli(['del', '--all'], { timeoutMs: 120_000 });
-    await store?.close();
-    fs.rmSync(scratch, { recursive: true, force: true });
-    assert.strictEqual(r.code, 0, `del --all failed: ${r.stderr}`);
-    assert.deepStrictEqual(store?.errors ?? [], [], 'the scripted store failed');
+  before(function () {
+    ({ store, dev, scratch } = sd);
   });
 
   afterEach(function () {

@@ -10,7 +10,7 @@ import {
 } from '../device/helpers';
 import { FaultProxy } from '../helpers/fault-proxy';
 import {
-  FAULT_AT, FIO_BYTES, FIO_RATE, FaultEnv, STORE_SIZE, Timeline, addDevice, daemonLog, expectingKernelErrors, markDaemonLog, markFioProgress, mib, mounted,
+  FAULT_AT, FIO_BYTES, FIO_RATE, FaultEnv, STORE_SIZE, Timeline, addDevice, fioThroughStoreRestart, daemonLog, expectingKernelErrors, markDaemonLog, markFioProgress, mib, mounted,
   sleep, startFio, umountDelFsck,
 } from './helpers';
 
@@ -49,18 +49,7 @@ describe('faults: store, network and daemon failures under fio (real kernel)', f
     const store = await e.store(STORE_SIZE);
     const dev = await addDevice(store.port);
     const mnt = await e.mkfsMount(dev.device);
-    const fio = startFio(path.join(mnt, 'fio.dat'), { size: FIO_BYTES, rate: FIO_RATE, timeoutMs: 400_000 });
-    tl.mark(`fio started on ext4 on ${dev.device}: write ${mib(FIO_BYTES)} (crc32c in every block), then verify`, fio.began);
-    await fio.written(FAULT_AT);
-    await store.kill9();
-    tl.mark('store killed (kill -9)');
-    await sleep(5000);
-    await store.restart();
-    tl.mark('store restarted on the same port');
-    const out = await fio.done;
-    tl.mark(`fio ended: exit ${out.code}, error ${out.error}, ${mib(out.written)} written, ${mib(out.verified)} verified`);
-    markFioProgress(tl, fio);
-    markDaemonLog(tl, dev.id, tl.t0);
+    const out = await fioThroughStoreRestart(tl, store, dev, mnt, 5000);
     show('store kill -9, restarted after 5 s', tl);
 
     assert.ok(store.alive, `the restarted store died:\n${store.log()}`);

@@ -7,8 +7,7 @@ import * as path from 'path';
 import { assertKernelLogClean, listDevices, markKernelLog, requireKernel } from '../device/helpers';
 import { makePki } from '../helpers/tls';
 import {
-  FAULT_AT, FIO_BYTES, FIO_RATE, FaultEnv, STORE_SIZE, Timeline, addDevice, daemonSaid, markDaemonLog, markFioProgress, mib,
-  readDirect, sleep, startFio, umountDelFsck, writeDirect,
+  FIO_BYTES, FaultEnv, STORE_SIZE, Timeline, addDevice, daemonSaid, fioThroughStoreRestart, readDirect, umountDelFsck, writeDirect,
 } from './helpers';
 
 describe('faults: the device over nbds:// and nbd+unix:// (real kernel)', function () {
@@ -39,18 +38,7 @@ describe('faults: the device over nbds:// and nbd+unix:// (real kernel)', functi
     const listed = (await listDevices()).find((d) => d.id === dev.id);
     assert.strictEqual(listed?.remote, uri, 'list shows the URI');
     const mnt = await e.mkfsMount(dev.device);
-    const fio = startFio(path.join(mnt, 'fio.dat'), { size: FIO_BYTES, rate: FIO_RATE, timeoutMs: 400_000 });
-    tl.mark(`fio started on ext4 on ${dev.device} over ${uri}`, fio.began);
-    await fio.written(FAULT_AT);
-    await store.kill9();
-    tl.mark('store killed (kill -9)');
-    await sleep(2000);
-    await store.restart();
-    tl.mark('store restarted (TLS required)');
-    const out = await fio.done;
-    tl.mark(`fio ended: exit ${out.code}, error ${out.error}, ${mib(out.written)} written, ${mib(out.verified)} verified`);
-    markFioProgress(tl, fio);
-    markDaemonLog(tl, dev.id, tl.t0);
+    const out = await fioThroughStoreRestart(tl, store, dev, mnt, 2000, ` over ${uri}`);
     process.stdout.write(`${tl.text('        ')}\n`);
     assert.strictEqual(out.code, 0, `fio failed:\n${out.stderr}\n${store.log()}`);
     assert.strictEqual(out.error, 0);

@@ -2,7 +2,8 @@
 // its store without touching either: forward (normal), black-hole (nothing moves in either
 // direction, every socket stays open, new connections are accepted but go nowhere), cut
 // (every connection is destroyed; new ones still work) and delay (each chunk is held for a
-// while, in order). It runs in the test process: the kernel is never involved in it, so
+// while, both ways or only the store's replies; order is kept, also across a change of
+// mode, since a stream delivered out of order is no longer a network fault but a new protocol). It runs in the test process: the kernel is never involved in it, so
 // a client stuck in the kernel does not stop it, as long as the test process itself only
 // waits asynchronously.
 //
@@ -25,6 +26,10 @@ interface Side {
   ended: boolean;
   connected: boolean;
   closed: boolean;
+  /** Chunks on their way to this side (null: the end), each written once due and all before it are. */
+  late: Array<{ due: number; b: Buffer | null }>;
+  endQueued: boolean;
+  timer: NodeJS.Timeout | null;
 }
 
 interface Pair {
@@ -59,6 +64,7 @@ export class FaultProxy {
   private nextId = 1;
   private mode: ProxyMode = 'forward';
   private delayMs = 0;
+  private delayUp = true;
   readonly stats: ProxyStats = { accepted: 0, open: 0, up: 0, down: 0 };
   /** What happened, with timestamps (ms since the epoch), for a test's timeline. */
   readonly events: ProxyEvent[] = [];
@@ -122,9 +128,10 @@ export class FaultProxy {
     this.setMode('blackhole');
   }
 
-  /** Every chunk is held for ms before it is passed on (order kept). */
-  delay(ms: number): void {
+  /** Every chunk is held for ms before it is passed on (order kept); with `repliesOnly`, only the store's. */
+  delay(ms: number, repliesOnly = false): void {
     this.delayMs = ms;
+    this.delayUp = !repliesOnly;
     this.setMode('delay');
   }
 
@@ -166,7 +173,7 @@ export class FaultProxy {
 
   private side(sock: net.Socket, connected = true): Side {
     sock.setNoDelay(true);
-    return { sock, held: [], ended: false, connected, closed: false };
+    return { sock, held: [], ended: false, connected, closed: false, late: [], endQueued: false, timer: null };
   }
 
   private dial(pair: Pair): void {
@@ -214,24 +221,45 @@ export class FaultProxy {
   }
 
   private move(from: Side, to: Side, up: boolean): void {
+    const held = this.mode === 'delay' && this.delayMs > 0 && (up ? this.delayUp : true);
+    const due = held ? Date.now() + this.delayMs : 0;
     while (from.held.length > 0) {
       const b = from.held.shift() as Buffer;
       if (up) this.stats.up += b.length;
       else this.stats.down += b.length;
       this.recording?.[up ? 'up' : 'down'].push(b);
-      if (this.mode === 'delay' && this.delayMs > 0) {
-        const t = setTimeout(() => { if (!to.sock.destroyed) to.sock.write(b); }, this.delayMs);
-        t.unref();
-      } else if (!to.sock.destroyed) {
-        to.sock.write(b);
-      }
+      this.deliver(to, b, due);
     }
-    if (from.ended && !to.sock.writableEnded) {
-      const end = (): void => {
-        if (!to.sock.destroyed) to.sock.end();
-      };
-      if (this.mode === 'delay' && this.delayMs > 0) setTimeout(end, this.delayMs).unref();
-      else end();
+    if (from.ended && !to.endQueued) {
+      to.endQueued = true;
+      this.deliver(to, null, due);
+    }
+  }
+
+  /** Writes b (or ends the side) once due, after every chunk queued before it. */
+  private deliver(to: Side, b: Buffer | null, due: number): void {
+    to.late.push({ due, b });
+    this.flush(to);
+  }
+
+  private flush(to: Side): void {
+    if (to.timer !== null) return;
+    const now = Date.now();
+    for (;;) {
+      const next = to.late[0];
+      if (next === undefined) return;
+      if (next.due > now) {
+        to.timer = setTimeout(() => {
+          to.timer = null;
+          this.flush(to);
+        }, next.due - now);
+        to.timer.unref();
+        return;
+      }
+      to.late.shift();
+      if (to.sock.destroyed) continue;
+      if (next.b === null) to.sock.end();
+      else to.sock.write(next.b);
     }
   }
 
