@@ -47,9 +47,21 @@ export interface FakeRequest {
  * - bad-errno: an error reply with an errno outside the spec's list (the connection goes on);
  * - eshutdown: an ESHUTDOWN error reply (the server is going away; the client should reconnect);
  * - cut: the connection is destroyed without a reply;
- * - stall: no reply, ever, on this connection (it stays open).
+ * - stall: no reply, ever, on this connection (it stays open);
+ * - endless: the correct reply, then bytes that never form a header, as fast as the client
+ *   takes them, until it closes (or FLOOD_CAP bytes);
+ * - unasked-cookies: reply headers for cookies no request carried, one after the other,
+ *   until the client closes (or FLOOD_CAP bytes);
+ * - huge-length: a structured reply (never negotiated) announcing a chunk of 4 GiB - 1,
+ *   then that chunk's bytes, until the client closes (or FLOOD_CAP bytes).
  */
-export type Hostile = 'unknown-handle' | 'bad-magic' | 'short-read-close' | 'short-read-stall' | 'bad-errno' | 'eshutdown' | 'cut' | 'stall';
+export type Hostile = 'unknown-handle' | 'bad-magic' | 'short-read-close' | 'short-read-stall' | 'bad-errno' | 'eshutdown' | 'cut' | 'stall'
+  | 'endless' | 'unasked-cookies' | 'huge-length';
+
+/** The most a flood sends: far more than a client that kept it all could hold within its bound. */
+export const FLOOD_CAP = 1024 * 1024 * 1024;
+const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+const REPLY_TYPE_OFFSET_DATA = 1;
 
 export const BAD_ERRNO = 4242;
 /** The byte a hostile reply fills its data with: it must never reach a reader. */
@@ -76,6 +88,12 @@ export class FakeNbdServer {
   exportFlags: number;
   /** While true, a new connection is closed at once (the store is down). */
   refuse = false;
+  /** When set, READ replies leave in pieces of this many bytes, each once the socket takes it. */
+  trickle = 0;
+  /** The longest request seen. */
+  longest = 0;
+  /** Bytes the floods sent. */
+  flooded = 0;
   readonly requests: FakeRequest[] = [];
   /** Connections accepted, and those that reached transmission (GO acknowledged). */
   accepted = 0;
@@ -192,6 +210,7 @@ export class FakeNbdServer {
         return;
       }
       this.requests.push(r);
+      this.longest = Math.max(this.longest, r.length);
       if (c.stalled) continue;
       const a = this.armed;
       if (a !== null && a.when(r)) {
@@ -199,6 +218,10 @@ export class FakeNbdServer {
         a.resolve(r);
         if (await this.misbehave(c, r, a.act)) continue;
         return;
+      }
+      if (this.trickle > 0 && r.type === CMD.READ && r.offset + r.length <= Math.min(c.size, this.disk.length)) {
+        await this.trickleRead(c, r);
+        continue;
       }
       this.answer(c, r);
     }
@@ -229,6 +252,44 @@ export class FakeNbdServer {
         return;
     }
     c.raw.write(reply(r.cookie));
+  }
+
+  /** A correct READ reply, its data in pieces of `trickle` bytes. */
+  private async trickleRead(c: Conn, r: FakeRequest): Promise<void> {
+    const data = this.disk.subarray(r.offset, r.offset + r.length);
+    await this.send(c, reply(r.cookie));
+    for (let off = 0; off < data.length; off += this.trickle) {
+      if (!await this.send(c, data.subarray(off, off + this.trickle))) return;
+    }
+  }
+
+  /** Writes b; once the socket holds too much, waits until it drains. False once the connection is gone. */
+  private async send(c: Conn, b: Buffer): Promise<boolean> {
+    const sock = c.raw.sock;
+    if (sock.destroyed) return false;
+    if (!sock.write(b)) {
+      await new Promise<void>((res) => {
+        const done = (): void => {
+          sock.off('drain', done);
+          sock.off('close', done);
+          res();
+        };
+        sock.once('drain', done);
+        sock.once('close', done);
+      });
+    }
+    return !sock.destroyed;
+  }
+
+  /** Sends what `next` makes until the client closes the connection or FLOOD_CAP bytes are out. */
+  private async flood(c: Conn, next: (i: number) => Buffer): Promise<void> {
+    for (let i = 0, sent = 0; sent < FLOOD_CAP; i++) {
+      const b = next(i);
+      this.flooded += b.length;
+      sent += b.length;
+      if (!await this.send(c, b)) return;
+    }
+    c.raw.destroy();
   }
 
   /** Carries out a misbehaviour; true when the connection goes on reading requests. */
@@ -267,6 +328,28 @@ export class FakeNbdServer {
       case 'stall':
         c.stalled = true;
         return true;
+      case 'endless': {
+        this.answer(c, r);
+        const junk = Buffer.alloc(256 * 1024, POISON);
+        await this.flood(c, () => junk);
+        return false;
+      }
+      case 'unasked-cookies': {
+        const headers = Buffer.alloc(64 * 1024);
+        await this.flood(c, (i) => {
+          for (let o = 0; o < headers.length; o += 16) {
+            reply(u64(BigInt(0x7e57_0000_0000) + BigInt(i * 4096 + o / 16))).copy(headers, o);
+          }
+          return headers;
+        });
+        return false;
+      }
+      case 'huge-length': {
+        await this.send(c, Buffer.concat([u32(STRUCTURED_REPLY_MAGIC), u16(0), u16(REPLY_TYPE_OFFSET_DATA), r.cookie, u32(0xffffffff), u64(BigInt(r.offset))]));
+        const junk = Buffer.alloc(256 * 1024, POISON);
+        await this.flood(c, () => junk);
+        return false;
+      }
     }
   }
 }
