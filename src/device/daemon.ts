@@ -172,7 +172,7 @@ export class DeviceDaemon {
           await new Promise((r) => setTimeout(r, 100));
         }
       }
-      await this.runQueues(dev, info, geo.deviceBytes);
+      await this.runQueues(dev, info, geo.deviceBytes, true);
       await ctrl.endUserRecovery(id);
     } catch (err) {
       // Leave the device waiting for another attempt rather than deleting the user's disk.
@@ -221,7 +221,7 @@ export class DeviceDaemon {
     return info;
   }
 
-  private async runQueues(dev: DevInfo, info: ExportInfo, deviceBytes: number): Promise<void> {
+  private async runQueues(dev: DevInfo, info: ExportInfo, deviceBytes: number, recovering = false): Promise<void> {
     const ctrl = this.ctrl as UblkCtrl;
     this.charFd = openCharDev(this.devId);
     // The shape the kernel granted (queues may have been cut to one, see start()).
@@ -242,7 +242,7 @@ export class DeviceDaemon {
       const counters = newQueueCounters();
       this.queueCounters.push(counters);
       this.workers.push(this.spawnQueue({
-        devId: this.devId, qid, charFd: this.charFd, ioctlEncode: ctrl.ioctlEncode, expect: info, config: this.config, counters,
+        devId: this.devId, qid, charFd: this.charFd, ioctlEncode: ctrl.ioctlEncode, expect: info, config: this.config, counters, recovering,
       }));
     }
     await Promise.all(this.workers.map((w) => waitStarted(w)));

@@ -2,7 +2,7 @@
 // queue's commands only from the thread that fetched its tags, so the queue never
 // leaves this thread.
 import { parentPort, workerData } from 'worker_threads';
-import { ReconnectingClient } from '../nbd/reconnecting-client';
+import { RECONNECT_BACKOFF_MS, ReconnectingClient } from '../nbd/reconnecting-client';
 import type { ExportInfo } from '../nbd/client';
 import { createLogger } from '../log';
 import { DEVICE_DEFAULTS, type DeviceConfig } from './config';
@@ -22,6 +22,13 @@ export interface QueueWorkerData {
   config: DeviceConfig;
   /** This queue's counters, read by the daemon's main thread (stats/device-counters.ts). */
   counters: SharedArrayBuffer;
+  /**
+   * The device is being recovered: START_USER_RECOVERY has been issued, and until this
+   * recovery ends the kernel refuses another one (Linux 6.12: EINVAL), so a queue that gave
+   * up on an unreachable store would leave the device waiting for good. Such a queue waits
+   * for the store instead, as a live one does.
+   */
+  recovering: boolean;
 }
 
 /** From the daemon: the device is being stopped. */
@@ -43,7 +50,6 @@ async function main(): Promise<void> {
   // A connection never has more requests in flight than the queue has tags.
   const ring = d.config.transport === 'ring';
   let q: UblkQueue;
-  let client: ReconnectingClient;
   try {
     q = new UblkQueue({
       devId: d.devId, qid: d.qid, depth: d.config.depth, maxIoBufBytes: d.config.maxIoBufBytes, charFd: d.charFd,
@@ -53,17 +59,33 @@ async function main(): Promise<void> {
     post({ type: 'failed', message: (err as Error).message });
     return;
   }
-  try {
-    client = await ReconnectingClient.connect({
-      ...d.config.remote, expect: d.expect, timeoutMs: d.config.timeoutMs, failAfterMs: d.config.failAfterMs,
-      // The ring transport drives each connection on this queue's own io_uring.
-      makeTransport: ring ? ringTransport(q, d.config.depth) : undefined,
-    });
-  } catch (err) {
-    q.close();
-    post({ type: 'failed', message: (err as Error).message });
-    return;
+  let client: ReconnectingClient | undefined;
+  let stopping = false;
+  const onEarlyCommand = (m: QueueWorkerCommand): void => {
+    if (m.type === 'shutdown') stopping = true;
+  };
+  port.on('message', onEarlyCommand);
+  for (let attempt = 1, delay: number = RECONNECT_BACKOFF_MS.min; client === undefined; attempt++) {
+    try {
+      client = await ReconnectingClient.connect({
+        ...d.config.remote, expect: d.expect, timeoutMs: d.config.timeoutMs, failAfterMs: d.config.failAfterMs,
+        // The ring transport drives each connection on this queue's own io_uring.
+        makeTransport: ring ? ringTransport(q, d.config.depth) : undefined,
+      });
+    } catch (err) {
+      if (!d.recovering || stopping) {
+        port.off('message', onEarlyCommand);
+        q.close();
+        post({ type: 'failed', message: (err as Error).message });
+        return;
+      }
+      if (attempt === 1) log.warn({ err: (err as Error).message }, 'recovering: the store is not reachable; the queue waits for it');
+      else log.info({ attempt, err: (err as Error).message, retryInMs: delay }, 'recovering: connection attempt failed');
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, RECONNECT_BACKOFF_MS.max);
+    }
   }
+  port.off('message', onEarlyCommand);
   const counters = new QueueCounters(d.counters, d.config.depth);
   client.on('disconnect', (e: { reason: string; pending: number }) => {
     counters.disconnected();

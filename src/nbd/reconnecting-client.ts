@@ -36,6 +36,9 @@ const enum State { Connected, Reconnecting, Failed, Closed }
 
 const TICK_MS = 500;
 
+/** Backoff between attempts to reach a lost store, doubling from min to max (ms). */
+export const RECONNECT_BACKOFF_MS = { min: 100, max: 2000 } as const;
+
 /** Options of a connection that the reconnect path never waits on for long. */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
@@ -189,8 +192,8 @@ export class ReconnectingClient extends EventEmitter {
   }
 
   private async reconnectLoop(): Promise<void> {
-    let delay = this.opts.minBackoffMs ?? 100;
-    const maxDelay = this.opts.maxBackoffMs ?? 2000;
+    let delay = this.opts.minBackoffMs ?? RECONNECT_BACKOFF_MS.min;
+    const maxDelay = this.opts.maxBackoffMs ?? RECONNECT_BACKOFF_MS.max;
     let attempts = 0;
     while (this.state === State.Reconnecting || (this.state === State.Failed && !this.shuttingDown)) {
       attempts++;

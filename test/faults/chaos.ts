@@ -32,6 +32,8 @@ const STORE_SIZE = '128M';
 const ROUND_BYTES = 32 * MiB;
 /** A request without a reply for this long means a stalled connection: longer than the slowest reply a fault makes (2 s). */
 const DEVICE_TIMEOUT_S = 10;
+/** recover tried this often in a row at most (a second apart; the longest outage a schedule makes is well under a minute). */
+const RECOVER_ATTEMPTS = 60;
 /** A round of fio (32 MiB written and read back) ends within this, whatever the faults. */
 const ROUND_LIMIT_MS = 20 * 60_000;
 
@@ -229,16 +231,19 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           log(`daemon (pid ${daemonPid}) killed (-9); recover in ${(waitMs / 1000).toFixed(1)} s`);
           await waitFor('the daemon to die', () => !pidAlive(daemonPid), 30_000, 20);
           await sleep(waitMs);
-          // recover needs the store: while it is down or unreachable, recover fails and is tried again.
+          // recover needs the store to learn the export: while the store is down or
+          // unreachable, recover fails before touching the device and is tried again, as an
+          // operator or systemd would. Once it has begun re-attaching, it waits for the store.
           for (let attempt = 1; ; attempt++) {
             recoverAttempts++;
-            const r = await cli(['recover', String(dev.id), '--json'], { timeoutMs: 120_000 });
+            const r = await cli(['recover', String(dev.id), '--json'], { timeoutMs: 600_000 });
             if (r.code === 0) {
               daemonPid = (JSON.parse(r.stdout.trim().split('\n').pop() as string) as { pid: number }).pid;
               dev = { ...dev, pid: daemonPid };
               return `recovered (new daemon pid ${daemonPid}${attempt > 1 ? `, attempt ${attempt}` : ''})`;
             }
             log(`recover attempt ${attempt} failed: ${r.stderr.trim().split('\n').pop() ?? ''}`);
+            if (attempt >= RECOVER_ATTEMPTS) throw new Error(`recover failed ${attempt} times; the last: ${r.stderr.trim()}`);
             await sleep(1000);
           }
         }

@@ -8,6 +8,7 @@
 // fio's reads all succeed and a read afterwards returns the store's bytes.
 import * as assert from 'assert';
 import * as fs from 'fs';
+import * as path from 'path';
 import { pidAlive } from '../device/helpers';
 import { CMD, type Hostile } from '../helpers/fake-nbd';
 import { MiB, daemonLog, readDirect, scriptedStoreDevice, sleep, startFio, type FioOutcome } from './helpers';
@@ -36,6 +37,12 @@ describe('faults: the daemon\'s memory against a hostile store, through the devi
   this.timeout(600_000);
   // A trickled 32 MiB reply waits behind the others on the connection: no timeout cuts it.
   const sd = scriptedStoreDevice(SIZE, 23, ['--queues', String(QUEUES), '--depth', String(DEPTH), '--max-io', '32M', '--timeout', '0']);
+  before(function () {
+    // The block layer caps requests at 1280 KiB (max_sectors_kb) unless told otherwise; up
+    // to max-io (max_hw_sectors_kb) is the administrator's choice, and the test's.
+    fs.writeFileSync(`/sys/block/${path.basename(sd.dev.device)}/queue/max_sectors_kb`, String(MAX_IO / 1024));
+  });
+
   afterEach(function () {
     if (sd.store) {
       sd.store.disarm();
