@@ -8,7 +8,12 @@ import * as os from 'os';
 import { inVm, repoRoot, runInVm, ublkAvailable, vmCheck } from './helpers/vm';
 
 const KTESTS = "'dist/test/**/*.ktest.js'";
-const MOCHA = `npx mocha --no-config --timeout 900000 --reporter spec ${KTESTS}`;
+// The device's scenarios again over the ring transport (add --transport ring): a filesystem
+// under fio verify, store restarts, black holes, daemon kill -9 + recover, hostile replies
+// parsed by the addon. The default (stream) runs everything above.
+const RING_KTESTS = ['device/ext4-fio', 'faults/outage', 'faults/hostile-store'].map((t) => `dist/test/${t}.ktest.js`).join(' ');
+const MOCHA = `npx mocha --no-config --timeout 900000 --reporter spec ${KTESTS}`
+  + ` && echo '  over the ring transport:' && NETDISK_TEST_TRANSPORT=ring npx mocha --no-config --timeout 900000 --reporter spec ${RING_KTESTS}`;
 
 // Kernel messages that mean something went wrong. Expected noise (boot messages, "EXT4-fs
 // mounted", partition scans) does not match.
