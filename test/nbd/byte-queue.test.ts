@@ -126,6 +126,7 @@ function parseOptionReplies(chunks: Buffer[]): Array<{ type: number; data: strin
 }
 
 describe('ByteQueue', function () {
+  // q.skip(n) below is ByteQueue's own method (drop n bytes), not mocha's skip.
   // Chunks above 1 KiB are kept as they came; smaller ones are copied together (below).
   const big = (s: string): Buffer => Buffer.from(s.padEnd(2048, '.'));
 
