@@ -1,11 +1,12 @@
 // Smoke test of the qemu harness: one boot, checked against facts only the real kernel
 // and the shares can produce.
 import * as assert from 'assert';
+import { spawnSync } from 'child_process';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { inVm, repoRoot, runInVm, vmCheck, type VmResult } from '../helpers/vm';
+import { inVm, repoRoot, runInVm, vmCheck, vmScript, type VmResult } from '../helpers/vm';
 
 function facts(stdout: string): Map<string, string> {
   const m = new Map<string, string>();
@@ -149,5 +150,44 @@ describe('test/vm harness --kernel 7', function () {
     assert.strictEqual(got.get('nbd0'), 'yes');
     assert.strictEqual(got.get('modprobe'), 'yes', result.stderr);
     assert.match(got.get('modfile') ?? '', new RegExp(`^/lib/modules/${kernel.replace(/[.+]/g, '\\$&')}/`));
+  });
+});
+
+// A kernel that dies in its own boot, before /init runs the command, is booted once more
+// (run.sh; an emulation race under TCG can kill a boot); one that dies again is reported.
+// An init that does not exist makes every boot die the same way, before the command.
+describe('test/vm harness: a kernel that dies during its boot', function () {
+  this.timeout(20 * 60 * 1000);
+
+  before(function () {
+    if (!vmCheck().ok) {
+      if (inVm()) this.skip();
+      throw new Error('the test VM cannot start here');
+    }
+  });
+
+  function bootDying(retries: string): { status: number | null; stderr: string } {
+    const r = spawnSync(vmScript(), ['--', 'echo the command ran'], {
+      encoding: 'utf8',
+      env: { ...process.env, NETDISK_VM_APPEND: 'rdinit=/no-such-init', NETDISK_VM_BOOT_RETRIES: retries },
+    });
+    assert.doesNotMatch(r.stdout, /the command ran/);
+    return { status: r.status, stderr: r.stderr };
+  }
+
+  it('boots again once, says why, then reports the failure', function () {
+    const r = bootDying('1');
+    assert.strictEqual(r.status, 125, r.stderr);
+    assert.match(r.stderr, /the kernel died during its boot, before the command ran .*booting again \(2 of 2\)/);
+    assert.match(r.stderr, /Kernel panic/);
+    assert.match(r.stderr, /the VM stopped without reporting an exit code/);
+    assert.strictEqual(r.stderr.match(/booting again/g)?.length, 1);
+  });
+
+  it('does not boot again with NETDISK_VM_BOOT_RETRIES=0', function () {
+    const r = bootDying('0');
+    assert.strictEqual(r.status, 125, r.stderr);
+    assert.doesNotMatch(r.stderr, /booting again/);
+    assert.match(r.stderr, /the VM stopped without reporting an exit code/);
   });
 });
