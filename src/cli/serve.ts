@@ -23,7 +23,7 @@ import { runDir, serveStatsSocketPath } from '../device/state';
 
 export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--size SIZE] [--name EXPORT] [--read-only]
                           [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
-                          [--max-connections N] [--handshake-timeout S] [--metrics WHERE] [--stats-socket PATH]
+                          [--max-connections N] [--handshake-timeout S] [--metrics WHERE] [--stats-socket PATH|none]
   Serves IMAGE over NBD. Listens on 127.0.0.1:10809 unless --listen says otherwise.
   --listen WHERE  HOST[:PORT], unix:PATH, or an NBD URI: nbd://HOST[:PORT][/EXPORT],
                   nbd+unix:///[EXPORT]?socket=PATH; nbds:// and nbds+unix:// require TLS.
@@ -41,7 +41,7 @@ export const SERVE_USAGE = `usage: netdisk-ublk serve IMAGE [--listen WHERE] [--
   --stats-socket PATH  answer \`netdisk-ublk stats --socket PATH\` there: requests and latency of the
                   store's I/O by operation, connections, bytes held for requests in flight
                   (default /run/netdisk-ublk/serve-ADDRESS.stats.sock, which \`stats\` asks
-                  without an ID; none where that directory cannot be written)`;
+                  without an ID; none where that directory cannot be written; \`--stats-socket none\`: no socket)`;
 
 export async function serve(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {
@@ -115,6 +115,8 @@ export async function serve(argv: string[]): Promise<number> {
   }
   let metrics: MetricsServer | undefined;
   let stats: StatsSocket | undefined;
+  // "none" turns the default socket off (a socket file named none is still ./none).
+  const statsAt = values['stats-socket'];
   try {
     if (metricsAt) {
       metrics = await MetricsServer.listen(metricsAt, () => renderMetrics(['export', exportName], read(), [
@@ -122,14 +124,14 @@ export async function serve(argv: string[]): Promise<number> {
         ['bytes_held', 'Bytes held for requests and replies in flight.', server.bytesHeld],
       ]));
     }
-    if (values['stats-socket'] !== undefined) stats = await StatsSocket.listen(values['stats-socket'], statsSource);
+    if (statsAt !== undefined && statsAt !== 'none') stats = await StatsSocket.listen(statsAt, statsSource);
   } catch (err) {
     await metrics?.close();
     await server.close();
     const e = err as NodeJS.ErrnoException;
     throw new CliError(`serve: ${metrics || !metricsAt ? '--stats-socket' : '--metrics'}: cannot listen: ${e.code ?? e.message}`);
   }
-  if (values['stats-socket'] === undefined) {
+  if (statsAt === undefined) {
     // Without --stats-socket, one in the run directory as a device has, where `stats` looks.
     // serve need not run as root: a run directory it cannot write only means no socket.
     const at = serveStatsSocketPath(server.addressText());

@@ -126,6 +126,20 @@ describe('cli: serve --metrics and --stats-socket', function () {
     assert.strictEqual(none.stderr, 'netdisk-ublk stats: no running netdisk-ublk device or server\n');
   });
 
+  it('--stats-socket none: no socket, not even the default one', async () => {
+    const dir = tempDir(cleanup);
+    const env = { NETDISK_RUN_DIR: path.join(dir, 'run') };
+    const srv = await serveImage(cleanup, makeImage(dir, 'disk.img', MiB, 'zero'), { env, args: ['--stats-socket', 'none'] });
+    const serving = srv.logs().find((l) => l.msg === 'serving');
+    assert.ok(serving, 'serve says it is serving');
+    assert.strictEqual(serving.statsSocket, undefined);
+    assert.strictEqual((await qemuIo(srv.uri(), ['read 0 4k'])).code, 0);
+    assert.deepStrictEqual(fs.existsSync(path.join(dir, 'run')) ? fs.readdirSync(path.join(dir, 'run')) : [], []);
+    assert.ok(!fs.existsSync('none') && !fs.existsSync(path.join(dir, 'none')));
+    const none = await run(process.execPath, [cliPath(), 'stats'], { env: { ...process.env, ...env } });
+    assert.strictEqual(none.code, 1);
+  });
+
   it('a run directory it cannot make: serve goes on without a stats socket and says so', async () => {
     const dir = tempDir(cleanup);
     fs.writeFileSync(path.join(dir, 'file'), '');
