@@ -9,7 +9,7 @@ commands:
   del ID | --all
   list [--json]
   stats [ID] [--json] [--watch [S]]
-  recover ID [--remote URI|HOST[:PORT]]
+  recover ID [--remote URI|HOST[:PORT]] [--fail-after S]
   bench [--quick] [--runs N] [--seconds S] [--stores serve,nbdkit] [--cases LIST] [--queues N] ...
   --version, -V  print the version
 Run "netdisk-ublk COMMAND --help" (or "netdisk-ublk help COMMAND") for a command's options.

@@ -136,7 +136,10 @@ export class DeviceDaemon {
 
   /**
    * Re-attaches to device `id` whose daemon died (state QUIESCED): a new set of queues
-   * fetches its tags and the kernel hands them the waiting and re-issued requests.
+   * fetches its tags and the kernel hands them the waiting and re-issued requests. The
+   * store need not be reachable: the export comes from the device's record and the queues
+   * connect in the background (queue-worker.ts, `recovering`), so the I/O waits at most
+   * fail-after, as during any outage.
    */
   async recover(id: number): Promise<ReadyInfo> {
     await this.preflight();
@@ -153,12 +156,12 @@ export class DeviceDaemon {
     if (dev.state !== UblkState.QUIESCED && dev.state !== UblkState.FAIL_IO) {
       throw new DaemonError(`ublk device ${id} cannot be recovered (state ${dev.state}); delete it with "netdisk-ublk del ${id}"`);
     }
-    const info = await this.probe();
+    const info = readRecord(id)?.export ?? await this.probe();
     const params = await ctrl.getParams(id);
     const sectors = Number(params.basic?.devSectors ?? 0n);
     const geo = deviceGeometry(info, dev.maxIoBufBytes);
     if (geo.deviceBytes !== sectors * 512) {
-      throw new DaemonError(`the export is now ${info.size} bytes but device ${id} is ${sectors * 512}: refusing to attach a different disk`);
+      throw new DaemonError(`the export is ${info.size} bytes but device ${id} is ${sectors * 512}: refusing to attach a different disk`);
     }
     this.devId = id;
     try {
@@ -233,7 +236,7 @@ export class DeviceDaemon {
     const kernelFeatures = ctrl.features === null ? undefined : flagSet(ctrl.features);
     this.log.info({ dev: this.devId, kernelFeatures: kernelFeatures ?? null, flags }, 'ublk features: the kernel\'s and the device\'s');
     const rec: DeviceRecord = {
-      id: this.devId, config: this.config, size: deviceBytes, pid: process.pid, created: old?.created ?? new Date().toISOString(),
+      id: this.devId, config: this.config, size: deviceBytes, export: info, pid: process.pid, created: old?.created ?? new Date().toISOString(),
       ...(this.opts.logFile ? { logFile: this.opts.logFile } : {}),
       flags, ...(kernelFeatures ? { kernelFeatures } : {}),
     };

@@ -2,7 +2,7 @@
 // queue's commands only from the thread that fetched its tags, so the queue never
 // leaves this thread.
 import { parentPort, workerData } from 'worker_threads';
-import { RECONNECT_BACKOFF_MS, ReconnectingClient } from '../nbd/reconnecting-client';
+import { ReconnectingClient, type ConnectEvent, type ReconnectOptions } from '../nbd/reconnecting-client';
 import type { ExportInfo } from '../nbd/client';
 import { createLogger } from '../log';
 import { DEVICE_DEFAULTS, type DeviceConfig } from './config';
@@ -16,17 +16,19 @@ export interface QueueWorkerData {
   qid: number;
   charFd: number;
   ioctlEncode: boolean;
-  /** The export as the daemon found it: every connection must find the same. */
+  /** The export as the daemon found it (or as its record keeps it): every connection must find the same. */
   expect: ExportInfo;
   /** The device's settings, as the kernel granted them. */
   config: DeviceConfig;
   /** This queue's counters, read by the daemon's main thread (stats/device-counters.ts). */
   counters: SharedArrayBuffer;
   /**
-   * The device is being recovered: START_USER_RECOVERY has been issued, and until this
-   * recovery ends the kernel refuses another one (Linux 6.12: EINVAL), so a queue that gave
-   * up on an unreachable store would leave the device waiting for good. Such a queue waits
-   * for the store instead, as a live one does.
+   * The device is being recovered: the kernel holds its I/O until every queue is started,
+   * so the queue starts at once, without a connection, and its client connects in the
+   * background as it reconnects (backoff, the export checked, fail-after): with the store
+   * away the I/O fails with EIO after fail-after instead of waiting for good, and works
+   * again once the store is back. (A queue that gave up instead would leave the device
+   * waiting: Linux 6.12 refuses another START_USER_RECOVERY, EINVAL, until this one ends.)
    */
   recovering: boolean;
 }
@@ -59,34 +61,33 @@ async function main(): Promise<void> {
     post({ type: 'failed', message: (err as Error).message });
     return;
   }
-  let client: ReconnectingClient | undefined;
-  let stopping = false;
-  const onEarlyCommand = (m: QueueWorkerCommand): void => {
-    if (m.type === 'shutdown') stopping = true;
+  const opts: ReconnectOptions & { expect: ExportInfo } = {
+    ...d.config.remote, expect: d.expect, timeoutMs: d.config.timeoutMs, failAfterMs: d.config.failAfterMs,
+    // The ring transport drives each connection on this queue's own io_uring.
+    makeTransport: ring ? ringTransport(q, d.config.depth) : undefined,
   };
-  port.on('message', onEarlyCommand);
-  for (let attempt = 1, delay: number = RECONNECT_BACKOFF_MS.min; client === undefined; attempt++) {
+  let client: ReconnectingClient;
+  if (d.recovering) {
+    client = ReconnectingClient.connectInBackground(opts);
+  } else {
     try {
-      client = await ReconnectingClient.connect({
-        ...d.config.remote, expect: d.expect, timeoutMs: d.config.timeoutMs, failAfterMs: d.config.failAfterMs,
-        // The ring transport drives each connection on this queue's own io_uring.
-        makeTransport: ring ? ringTransport(q, d.config.depth) : undefined,
-      });
+      client = await ReconnectingClient.connect(opts);
     } catch (err) {
-      if (!d.recovering || stopping) {
-        port.off('message', onEarlyCommand);
-        q.close();
-        post({ type: 'failed', message: (err as Error).message });
-        return;
-      }
-      if (attempt === 1) log.warn({ err: (err as Error).message }, 'recovering: the store is not reachable; the queue waits for it');
-      else log.info({ attempt, err: (err as Error).message, retryInMs: delay }, 'recovering: connection attempt failed');
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, RECONNECT_BACKOFF_MS.max);
+      q.close();
+      post({ type: 'failed', message: (err as Error).message });
+      return;
     }
   }
-  port.off('message', onEarlyCommand);
   const counters = new QueueCounters(d.counters, d.config.depth);
+  if (!client.connected) {
+    counters.disconnected();
+    log.info({ failAfterMs: d.config.failAfterMs }, 'recovering: connecting to the store in the background; requests wait for it');
+  }
+  client.on('connect', (e: ConnectEvent) => {
+    counters.connected();
+    log.info({ waitedMs: e.waitedMs, attempts: e.attempts, sent: e.sent, transport: client.transportKind }, 'connected to the store');
+    post({ type: 'link', text: `queue ${d.qid}: connected to the store${e.attempts > 1 ? ` after ${(e.waitedMs / 1000).toFixed(1)} s` : ''}` });
+  });
   client.on('disconnect', (e: { reason: string; pending: number }) => {
     counters.disconnected();
     log.warn({ reason: e.reason, pending: e.pending }, 'connection to the store lost: reconnecting, requests wait');

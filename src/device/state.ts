@@ -5,6 +5,7 @@
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
+import type { ExportInfo } from '../nbd/client';
 import type { FlagSet } from '../ublk';
 import type { DeviceConfig } from './config';
 
@@ -14,6 +15,12 @@ export interface DeviceRecord {
   config: DeviceConfig;
   /** Bytes exposed by the device. */
   size: number;
+  /**
+   * The export the device was made from (size, flags, block sizes): a recovering daemon
+   * starts from it without the store, and every connection must find the same. Absent in
+   * records written before it was kept: recover then asks the store first.
+   */
+  export?: ExportInfo;
   pid: number;
   created: string;
   logFile?: string;

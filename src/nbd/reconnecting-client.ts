@@ -5,7 +5,9 @@
 // (size and flags: a different export must not receive these writes), and every request
 // without a reply is sent again in its original order, with its flags. Callers see a pause.
 // Only after `failAfterMs` of disconnection do waiting and new requests fail; reconnecting
-// goes on, and once the store is back requests are served again.
+// goes on, and once the store is back requests are served again. A client can also start
+// disconnected, from an export it already knows (connectInBackground): its first
+// connection is then made by the same loop, with the same backoff and fail-after.
 //
 // Re-sending is safe because NBD requests are idempotent: a write that reached the store
 // before the connection broke writes the same bytes again; FLUSH covers every write
@@ -31,19 +33,22 @@ export interface ReconnectOptions extends ConnectOptions {
 
 export interface DisconnectEvent { reason: string; pending: number }
 export interface ReconnectEvent { downMs: number; attempts: number; resent: number }
+/** The first connection of a client that started disconnected. */
+export interface ConnectEvent { waitedMs: number; attempts: number; sent: number }
 
 const enum State { Connected, Reconnecting, Failed, Closed }
 
 const TICK_MS = 500;
 
 /** Backoff between attempts to reach a lost store, doubling from min to max (ms). */
-export const RECONNECT_BACKOFF_MS = { min: 100, max: 2000 } as const;
+const RECONNECT_BACKOFF_MS = { min: 100, max: 2000 } as const;
 
 /** Options of a connection that the reconnect path never waits on for long. */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export class ReconnectingClient extends EventEmitter {
-  private client: NbdClient;
+  /** The current connection; null until the first one of a client started disconnected. */
+  private client: NbdClient | null;
   private readonly opts: ReconnectOptions;
   private readonly expect: ExportInfo;
   private state = State.Connected;
@@ -57,14 +62,22 @@ export class ReconnectingClient extends EventEmitter {
   private readonly ticker: NodeJS.Timeout;
   private shuttingDown = false;
 
-  private constructor(client: NbdClient, opts: ReconnectOptions) {
+  private constructor(client: NbdClient | null, opts: ReconnectOptions, expect: ExportInfo) {
     super();
     this.client = client;
     this.opts = opts;
-    this.expect = opts.expect ?? client.info;
+    this.expect = expect;
     this.owner = { table: this.table, replied: (r, err) => this.replied(r, err) };
-    client.adopt(this.owner);
-    this.watch(client);
+    if (client) {
+      client.adopt(this.owner);
+      this.watch(client);
+    } else {
+      this.state = State.Reconnecting;
+      this.downSince = Date.now();
+      // A timer even at 0 ms: the caller listens for 'give-up' once this returns.
+      this.armFailAfter();
+      void this.reconnectLoop();
+    }
     const timeoutTicks = Math.ceil(opts.timeoutMs / TICK_MS);
     this.ticker = setInterval(() => {
       this.tick++;
@@ -83,14 +96,24 @@ export class ReconnectingClient extends EventEmitter {
         throw new NbdConnectionError(diff);
       }
     }
-    return new ReconnectingClient(client, opts);
+    return new ReconnectingClient(client, opts, opts.expect ?? client.info);
+  }
+
+  /**
+   * A client that starts disconnected from an export it already knows (what an earlier
+   * connection found): it takes requests at once, and connects in the background exactly as
+   * it reconnects (backoff, the export checked against `expect`, fail-after counted from
+   * now). Emits 'connect' (ConnectEvent) once the first connection serves.
+   */
+  static connectInBackground(opts: ReconnectOptions & { expect: ExportInfo }): ReconnectingClient {
+    return new ReconnectingClient(null, opts, opts.expect);
   }
 
   get info(): ExportInfo { return this.expect; }
   get connected(): boolean { return this.state === State.Connected; }
   get pending(): number { return this.table.size; }
-  /** How the current connection moves its bytes ('stream' or 'ring'). */
-  get transportKind(): string { return this.client.transportKind; }
+  /** How the current connection moves its bytes ('stream' or 'ring'; 'none' before the first). */
+  get transportKind(): string { return this.client?.transportKind ?? 'none'; }
 
   /**
    * Submits one request (see NbdClient.submit for `op`); the callback runs once, after the
@@ -123,13 +146,14 @@ export class ReconnectingClient extends EventEmitter {
     this.failAll(new NbdConnectionError('client closed'));
     clearInterval(this.ticker);
     if (this.failTimer) clearTimeout(this.failTimer);
-    await this.client.close().catch(() => undefined);
-    this.client.destroy();
+    await this.client?.close().catch(() => undefined);
+    this.client?.destroy();
   }
 
   private send(r: NbdRequest): void {
     r.sentAt = this.tick;
-    this.client.send(r);
+    // Only while connected, so there is a connection.
+    (this.client as NbdClient).send(r);
   }
 
   private replied(r: NbdRequest, err: NbdError | null): void {
@@ -163,7 +187,7 @@ export class ReconnectingClient extends EventEmitter {
   private lost(reason: string): void {
     if (this.state !== State.Connected) return;
     this.downSince = Date.now();
-    const old = this.client;
+    const old = this.client as NbdClient;
     if (this.shuttingDown) {
       this.state = State.Failed;
       old.destroy();
@@ -173,10 +197,15 @@ export class ReconnectingClient extends EventEmitter {
     this.state = State.Reconnecting;
     this.emit('disconnect', { reason, pending: this.table.size } satisfies DisconnectEvent);
     old.destroy(new NbdConnectionError(reason)); // every request on it comes back unsent
-    const failAfter = this.opts.failAfterMs;
-    if (failAfter <= 0) this.giveUp(reason);
-    else this.failTimer = setTimeout(() => this.giveUp(`the store has been unreachable for ${failAfter} ms`), failAfter);
+    if (this.opts.failAfterMs <= 0) this.giveUp(reason);
+    else this.armFailAfter();
     void this.reconnectLoop();
+  }
+
+  /** Requests wait for the store for failAfterMs from now, then fail. */
+  private armFailAfter(): void {
+    const failAfter = this.opts.failAfterMs;
+    this.failTimer = setTimeout(() => this.giveUp(`the store has been unreachable for ${failAfter} ms`), failAfter);
   }
 
   /** Past fail-after: waiting requests fail, new ones fail at once; reconnecting goes on. */
@@ -211,6 +240,7 @@ export class ReconnectingClient extends EventEmitter {
           return;
         }
         c.adopt(this.owner);
+        const first = this.client === null;
         this.client = c;
         this.watch(c);
         if (this.failTimer) clearTimeout(this.failTimer);
@@ -218,7 +248,9 @@ export class ReconnectingClient extends EventEmitter {
         // Losing a connection put every request sent on it back to pending (replied()).
         const waiting = this.table.list((r) => r.state === RequestState.Pending);
         for (const r of waiting) this.send(r);
-        this.emit('reconnect', { downMs: Date.now() - this.downSince, attempts, resent: waiting.length } satisfies ReconnectEvent);
+        const downMs = Date.now() - this.downSince;
+        if (first) this.emit('connect', { waitedMs: downMs, attempts, sent: waiting.length } satisfies ConnectEvent);
+        else this.emit('reconnect', { downMs, attempts, resent: waiting.length } satisfies ReconnectEvent);
         return;
       } catch (err) {
         this.emit('retry', { attempt: attempts, error: (err as Error).message, delayMs: delay });

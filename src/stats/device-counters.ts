@@ -89,10 +89,16 @@ export class QueueCounters {
     if (this.a[DOWN_SINCE] === 0) this.a[DOWN_SINCE] = Date.now();
   }
 
-  reconnected(resent: number): void {
+  /** The outage ended: its time counts as time disconnected. */
+  connected(): void {
     const a = this.a;
     if (a[DOWN_SINCE] !== 0) a[DOWN_MS]! += Date.now() - a[DOWN_SINCE]!;
     a[DOWN_SINCE] = 0;
+  }
+
+  reconnected(resent: number): void {
+    this.connected();
+    const a = this.a;
     a[RECONNECTS]!++;
     a[RESENT]! += resent;
   }

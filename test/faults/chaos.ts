@@ -231,9 +231,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosSummary> {
           log(`daemon (pid ${daemonPid}) killed (-9); recover in ${(waitMs / 1000).toFixed(1)} s`);
           await waitFor('the daemon to die', () => !pidAlive(daemonPid), 30_000, 20);
           await sleep(waitMs);
-          // recover needs the store to learn the export: while the store is down or
-          // unreachable, recover fails before touching the device and is tried again, as an
-          // operator or systemd would. Once it has begun re-attaching, it waits for the store.
+          // recover takes the device at once, whether or not the store is reachable (the
+          // queues connect in the background, as they reconnect, within the device's
+          // fail-after); should it fail, it is tried again, as an operator or systemd would.
           for (let attempt = 1; ; attempt++) {
             recoverAttempts++;
             const r = await cli(['recover', String(dev.id), '--json'], { timeoutMs: 600_000 });

@@ -9,9 +9,10 @@ import {
   assertKernelLogClean, cli, cliOk, listDevices, markKernelLog, pidAlive, requireKernel, run, ublkNodes, waitFor,
 } from '../device/helpers';
 import { FaultProxy } from '../helpers/fault-proxy';
+import { patternBuffer } from '../helpers/images';
 import {
-  FAULT_AT, FIO_BYTES, FIO_RATE, FaultEnv, STORE_SIZE, Timeline, addDevice, fioThroughStoreRestart, daemonLog, expectingKernelErrors, markDaemonLog, markFioProgress, mib, mounted,
-  sleep, startFio, umountDelFsck,
+  FAULT_AT, FIO_BYTES, FIO_RATE, FaultEnv, MiB, STORE_SIZE, Timeline, addDevice, fioThroughStoreRestart, daemonLog, expectingKernelErrors, markDaemonLog, markFioProgress, mib, mounted,
+  readDirect, serveStore, sleep, startFio, umountDelFsck, writeDirect,
 } from './helpers';
 
 
@@ -177,5 +178,71 @@ describe('faults: store, network and daemon failures under fio (real kernel)', f
     assert.strictEqual(live?.pid, info.pid);
     await umountDelFsck(mnt, dev.id, store.image);
     await assertKernelLogClean(mark);
+  });
+  it('the daemon killed (-9) and the store stopped, then `recover --fail-after 5`: recover takes the device, held and new reads fail with EIO, a store with another export is refused; the store back, I/O works and the data is intact', async function () {
+    const e = env as FaultEnv;
+    const tl = new Timeline();
+    const failAfterS = 5;
+    const store = await e.store(STORE_SIZE);
+    const dev = await addDevice(store.port);
+    const at = 4 * MiB;
+    const data = patternBuffer(MiB, 41);
+    const w = await writeDirect(dev.device, at, data, e.dir);
+    assert.strictEqual(w.code, 0, `write failed: ${w.stderr}`);
+    process.kill(dev.pid, 'SIGKILL');
+    await waitFor('the daemon to die', () => !pidAlive(dev.pid), 30_000, 20);
+    await store.stop();
+    tl.mark(`wrote ${mib(MiB)}; daemon (pid ${dev.pid}) killed (kill -9); store stopped`);
+
+    await expectingKernelErrors('recover while the store is away, past --fail-after', async () => {
+      // Issued while no daemon runs: the kernel holds it until a daemon takes the device.
+      const held = readDirect(dev.device, at, 4096, e.dir);
+      await sleep(2000); // for dd to start and issue it
+      const rec = await cli(['recover', String(dev.id), '--fail-after', String(failAfterS), '--json'], { timeoutMs: 120_000 });
+      tl.mark(`recover ${dev.id} --fail-after ${failAfterS}: exit ${rec.code}`);
+      assert.strictEqual(rec.code, 0, `recover failed with the store away:\n${rec.stderr}`);
+      const info = JSON.parse(rec.stdout.trim().split('\n').pop() as string) as { pid: number; recovered: boolean };
+      assert.strictEqual(info.recovered, true);
+      assert.strictEqual((await listDevices()).find((d) => d.id === dev.id)?.state, 'live', 'the device left the recovering state');
+      const h = await held;
+      tl.mark(`the held read: dd exit ${h.r.code} (${h.r.stderr.trim().split('\n')[0] ?? ''})`);
+      assert.notStrictEqual(h.r.code, 0, 'the held read succeeded without a store');
+      assert.match(h.r.stderr, /Input\/output error/);
+      const fresh = await readDirect(dev.device, 0, 4096, e.dir);
+      tl.mark(`a new read: dd exit ${fresh.r.code}`);
+      assert.notStrictEqual(fresh.r.code, 0, 'a new read succeeded without a store');
+      assert.match(fresh.r.stderr, /Input\/output error/);
+      assert.ok(has(dev.id, /store unreachable: requests now fail with EIO/), 'the daemon said why the I/O fails');
+
+      // Another export on the store's address (twice the size) is never used.
+      const other = await serveStore(path.join(e.dir, 'other.img'), '128M', store.port);
+      tl.mark('a store with another export (128 MiB) on the address');
+      try {
+        await waitFor('the daemon to refuse the other export', () => has(dev.id, /serves a different export/), 60_000);
+        const refused = await readDirect(dev.device, at, 4096, e.dir);
+        assert.notStrictEqual(refused.r.code, 0, 'a read was served by another export');
+        assert.match(refused.r.stderr, /Input\/output error/);
+      } finally {
+        await other.stop();
+      }
+      const reason = daemonLog(dev.id).find((l) => /serves a different export/.test(l.msg))?.['reason'];
+      assert.match(String(reason), /export size changed from 67108864 to 134217728 bytes/);
+    });
+
+    const after = markKernelLog('the store back after recover');
+    await store.restart();
+    tl.mark('the store restarted on its address');
+    await waitFor('the daemon to connect to the store', () => has(dev.id, /^connected to the store$/), 60_000);
+    const back = await readDirect(dev.device, at, MiB, e.dir);
+    assert.strictEqual(back.r.code, 0, `read after the store came back: ${back.r.stderr}`);
+    assert.ok(back.data.equals(data), 'the data written before the daemon died is not intact');
+    const next = patternBuffer(64 * 1024, 42);
+    assert.strictEqual((await writeDirect(dev.device, 8 * MiB, next, e.dir)).code, 0);
+    assert.ok((await readDirect(dev.device, 8 * MiB, next.length, e.dir)).data.equals(next), 'a new write did not read back');
+    tl.mark('I/O works again: the old data read back intact, a new write read back');
+    markDaemonLog(tl, dev.id, tl.t0);
+    show(`daemon kill -9 and store stopped, recover --fail-after ${failAfterS}, store back`, tl);
+    await cliOk(['del', String(dev.id)], { timeoutMs: 120_000 });
+    await assertKernelLogClean(after);
   });
 });

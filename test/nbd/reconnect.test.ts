@@ -1,11 +1,14 @@
 // ReconnectingClient against a scripted store (test/helpers/fake-nbd.ts) that breaks the
 // connection in every way we know of: a cut, a stall, a hostile reply, ESHUTDOWN, a store
-// that is down for longer than fail-after, a store that comes back as another export.
+// that is down for longer than fail-after, a store that comes back as another export; and
+// a client that starts disconnected from a known export (recover) meets the same.
 // Every read must either complete with exactly the store's bytes or fail; requests without
 // a reply are resent in their original order, with their flags; nothing throws out of an
 // event handler.
 import * as assert from 'assert';
-import { ReconnectingClient, type ReconnectEvent, type DisconnectEvent, type ReconnectOptions } from '../../src/nbd/reconnecting-client';
+import { NbdClient, type ExportInfo } from '../../src/nbd/client';
+import * as NC from '../../src/nbd/constants';
+import { ReconnectingClient, type ConnectEvent, type ReconnectEvent, type DisconnectEvent, type ReconnectOptions } from '../../src/nbd/reconnecting-client';
 import { NbdConnectionError, NbdError, NbdRequestError } from '../../src/nbd/errors';
 import { BAD_ERRNO, CMD, FakeNbdServer, POISON, type Hostile } from '../helpers/fake-nbd';
 import { Cleanup, cleanupAfterEach } from '../helpers/procs';
@@ -18,6 +21,7 @@ const SIZE = 1 << 20;
 const FUA = 1;
 
 interface Events {
+  connects: ConnectEvent[];
   disconnects: DisconnectEvent[];
   reconnects: ReconnectEvent[];
   giveUps: Array<{ reason: string; pending: number }>;
@@ -29,8 +33,9 @@ function waitEvent(c: ReconnectingClient, name: string): Promise<unknown> {
 }
 
 class Harness {
-  readonly events: Events = { disconnects: [], reconnects: [], giveUps: [], mismatches: [] };
+  readonly events: Events = { connects: [], disconnects: [], reconnects: [], giveUps: [], mismatches: [] };
   constructor(readonly store: FakeNbdServer, readonly client: ReconnectingClient) {
+    client.on('connect', (e: ConnectEvent) => this.events.connects.push(e));
     client.on('disconnect', (e: DisconnectEvent) => this.events.disconnects.push(e));
     client.on('reconnect', (e: ReconnectEvent) => this.events.reconnects.push(e));
     client.on('give-up', (e: { reason: string; pending: number }) => this.events.giveUps.push(e));
@@ -53,6 +58,16 @@ class Harness {
 
   write(offset: number, data: Buffer, flags = 0): Promise<void> {
     return this.request(CMD.WRITE, offset, data.length, { data, flags });
+  }
+
+  /** The store takes connections again: once the client says `event`, requests are served. */
+  async storeBack(event: 'connect' | 'reconnect'): Promise<void> {
+    const back = waitEvent(this.client, event);
+    this.store.refuse = false;
+    await back;
+    await this.readChecked(8192, 4096);
+    await this.write(0, patternBuffer(512, 9));
+    assert.ok(this.store.disk.subarray(0, 512).equals(patternBuffer(512, 9)));
   }
 
   /** The read must return exactly what the store holds. */
@@ -81,6 +96,31 @@ async function setup(cleanup: Cleanup, opts: Partial<ReconnectOptions> = {}): Pr
   cleanup.add(() => assert.deepStrictEqual(store.errors, [], 'the fake store failed'));
   return h;
 }
+
+/**
+ * A client started disconnected (connectInBackground) from the export a first connection
+ * found, as recover starts from the device's record; the store refuses connections until
+ * the test lets it in.
+ */
+async function setupInBackground(cleanup: Cleanup, opts: Partial<ReconnectOptions> = {}): Promise<Harness> {
+  const store = await FakeNbdServer.start(SIZE);
+  patternBuffer(SIZE, 7).copy(store.disk);
+  cleanup.add(() => store.close());
+  const probe = await NbdClient.connect({ host: HOST, port: store.port });
+  const expect: ExportInfo = probe.info;
+  await probe.close();
+  store.refuse = true;
+  const client = ReconnectingClient.connectInBackground({
+    host: HOST, port: store.port, timeoutMs: 0, failAfterMs: 30_000, minBackoffMs: 20, maxBackoffMs: 200, ...opts, expect,
+  });
+  cleanup.add(() => client.close());
+  const h = new Harness(store, client);
+  cleanup.add(() => assert.deepStrictEqual(store.errors, [], 'the fake store failed'));
+  return h;
+}
+
+/** Settles with the error a promise rejects with, or null. */
+const outcome = (p: Promise<unknown>): Promise<unknown> => p.then(() => null, (e: unknown) => e);
 
 const isConnErr = (e: unknown): boolean => e instanceof NbdConnectionError && e.code === 'NBD_CONNECTION';
 
@@ -178,12 +218,7 @@ for (const tr of TRANSPORTS) describe(`reconnecting client (${tr.name} transport
     assert.ok(isConnErr(fresh), 'a request after giving up fails too');
     assert.ok(Date.now() - t2 < 500, 'a request after giving up fails at once, without waiting');
     // The client kept trying: the store is back, and the next requests are served.
-    const back = waitEvent(h.client, 'reconnect');
-    h.store.refuse = false;
-    await back;
-    await h.readChecked(8192, 4096);
-    await h.write(0, patternBuffer(512, 9));
-    assert.ok(h.store.disk.subarray(0, 512).equals(patternBuffer(512, 9)));
+    await h.storeBack('reconnect');
   });
 
   it('a store that comes back with another size is not used: no request reaches it, requests fail after failAfterMs', async function () {
@@ -329,5 +364,77 @@ for (const tr of TRANSPORTS) describe(`reconnecting client (${tr.name} transport
     assert.ok(store.disk.subarray(8192, 12288).equals(fresh));
     await new Promise((r) => setTimeout(r, 2000)); // the late bytes have had their chance
     assert.ok(store.disk.subarray(8192, 12288).equals(fresh), 'a write from the abandoned connection landed after a newer one');
+  });
+  it('started disconnected from a known export: requests wait for the store and then complete with its bytes, in order', async function () {
+    const h = await setupInBackground(cleanup, { makeTransport: tr.make });
+    assert.strictEqual(h.client.connected, false);
+    assert.strictEqual(h.client.info.size, SIZE);
+    const data = patternBuffer(8192, 11);
+    let settled = 0;
+    const waiting = [h.write(16384, data), h.readChecked(0, 4096), h.read(16384, 8192)].map((p) => p.finally(() => { settled++; }));
+    // The store refuses a few attempts: nothing has completed or reached it meanwhile.
+    while (h.store.accepted < 3) await new Promise((r) => setTimeout(r, 10));
+    assert.strictEqual(settled, 0, 'a request completed without a store');
+    assert.strictEqual(h.store.requests.length, 0);
+    h.store.refuse = false;
+    const [, , got] = await Promise.all(waiting);
+    assert.ok((got as Buffer).equals(data), 'the read after the write returned other bytes');
+    assert.strictEqual(h.events.connects.length, 1);
+    assert.ok((h.events.connects[0]?.attempts ?? 0) >= 3);
+    assert.strictEqual(h.events.connects[0]?.sent, 3);
+    assert.deepStrictEqual([h.events.reconnects.length, h.events.disconnects.length, h.events.giveUps.length], [0, 0, 0]);
+    // A later loss is an ordinary reconnect.
+    h.store.cutAll();
+    await h.readChecked(65536, 4096);
+    assert.strictEqual(h.events.connects.length, 1);
+  });
+
+  it('started disconnected, the store away past failAfterMs: waiting requests fail with a connection error, new ones too; the store back serves', async function () {
+    const h = await setupInBackground(cleanup, { makeTransport: tr.make, failAfterMs: 1000 });
+    const waiting = await outcome(h.read(4096, 4096));
+    assert.ok(isConnErr(waiting), `expected a connection error, got ${String(waiting)}`);
+    assert.strictEqual(h.events.giveUps.length, 1);
+    assert.match(h.events.giveUps[0]?.reason ?? '', /unreachable for 1000 ms/);
+    assert.ok(isConnErr(await outcome(h.read(0, 512))), 'a request after giving up fails too');
+    await h.storeBack('connect');
+  });
+
+  const others: Array<{ what: string; become: (s: FakeNbdServer) => void; back: (s: FakeNbdServer) => void; why: RegExp }> = [
+    { what: 'another size', become: (s) => { s.exportSize = SIZE * 2; }, back: (s) => { s.exportSize = SIZE; }, why: /size changed from 1048576 to 2097152/ },
+    {
+      what: 'other flags (read-only)', become: (s) => { s.exportFlags |= NC.TFLAG_READ_ONLY; },
+      back: (s) => { s.exportFlags &= ~NC.TFLAG_READ_ONLY; }, why: /flags changed from 0x[0-9a-f]+ to 0x[0-9a-f]+/,
+    },
+  ];
+  for (const o of others) {
+    it(`started disconnected, the store serves ${o.what}: it is not used, requests fail after failAfterMs; the known export then serves`, async function () {
+      const h = await setupInBackground(cleanup, { makeTransport: tr.make, failAfterMs: 1000 });
+      const before = Buffer.from(h.store.disk);
+      o.become(h.store);
+      h.store.refuse = false;
+      const err = await outcome(h.write(0, patternBuffer(4096, 5)));
+      assert.ok(isConnErr(err), `expected a connection error, got ${String(err)}`);
+      assert.ok(h.events.mismatches.length >= 1, 'the other export was noticed');
+      assert.match(h.events.mismatches[0]?.reason ?? '', o.why);
+      assert.deepStrictEqual(h.store.requests, [], 'a request reached the other export');
+      assert.ok(h.store.disk.equals(before), 'the disk changed');
+      assert.strictEqual(h.events.connects.length, 0);
+      const back = waitEvent(h.client, 'connect');
+      o.back(h.store);
+      await back;
+      await h.readChecked(0, 8192);
+    });
+  }
+
+  it('started disconnected: shutdown() fails the waiting requests at once; close() ends the attempts', async function () {
+    const h = await setupInBackground(cleanup, { makeTransport: tr.make, failAfterMs: 60_000 });
+    const waiting = outcome(h.read(4096, 4096));
+    while (h.store.accepted < 2) await new Promise((r) => setTimeout(r, 10));
+    h.client.shutdown();
+    assert.ok(isConnErr(await waiting));
+    await h.client.close();
+    const accepted = h.store.accepted;
+    await new Promise((r) => setTimeout(r, 500));
+    assert.strictEqual(h.store.accepted, accepted, 'still connecting after close()');
   });
 });
