@@ -70,6 +70,13 @@ const SHUTDOWN_LINGER_MS = 5000;
 // reply queued on a socket whose peer does not read, 166 of them JS heap).
 const REPLY_OVERHEAD_BYTES = 256;
 const REPLY_COST = C.SIMPLE_REPLY_BYTES + REPLY_OVERHEAD_BYTES;
+// Replies without data (writes, flushes, trims, zeroes, errors) of one tick are gathered
+// and leave as one buffer: one socket write, one charge and one write callback per tick
+// instead of a buffer, a write and a callback per reply. With one clock read per tick for
+// the counters (parsedAt), this took the connection's own CPU per 4 KiB write at QD32 from
+// 673 to 504 ns (bench/connection-cpu.ts). Room for maxInFlight's default of replies; more
+// in one tick leave in several buffers.
+const GATHERED_REPLIES = 256;
 
 export function transmissionFlags(store: Store): number {
   let f = C.TFLAG_HAS_FLAGS | C.TFLAG_SEND_FLUSH | C.TFLAG_CAN_MULTI_CONN;
@@ -98,7 +105,20 @@ export class ServerConnection {
   private readonly blockLogged = new Set<string>();
   private pumping = false;
   private draining = false;
+  /** The socket is corked and the tick's end (endTick) is queued. */
   private corked = false;
+  private tickQueued = false;
+  /** Data-less replies of this tick (GATHERED_REPLIES), sent at its end; allocated on first use. */
+  private gathered: Buffer | null = null;
+  private gatheredBytes = 0;
+  /**
+   * performance.now() shared by what happens together, for the counters: requests parsed
+   * from the same bytes arrived together, and replies of one tick leave together. One
+   * clock read each instead of one per request (a read costs about 45 ns on node 20, as
+   * much as the rest of the counting).
+   */
+  private parsedAt = -1;
+  private repliedAt = -1;
   private secure = false;
   /** Bytes charged to this connection (and to the server's budget). */
   private held = 0;
@@ -186,6 +206,7 @@ export class ServerConnection {
     // picks up whatever that changed.
     if (this.pumping) return;
     this.pumping = true;
+    this.parsedAt = -1;
     try {
       this.parse();
     } finally {
@@ -438,7 +459,12 @@ export class ServerConnection {
     const errno = validateRequest(h.type, h.flags, h.offset, h.length, this.limits as ExportLimits);
     if (errno !== 0) return this.sendError(h, errno, cost);
     this.inFlight++;
-    const began = this.opts.counters?.start() ?? 0;
+    const counters = this.opts.counters;
+    let began = 0;
+    if (counters !== undefined) {
+      if (this.parsedAt < 0) this.parsedAt = performance.now();
+      began = counters.start(this.parsedAt);
+    }
     const fua = (h.flags & C.CMD_FLAG_FUA) !== 0;
     const done = (err: Error | null): void => this.finish(h, err, null, cost, began);
     switch (h.type) {
@@ -461,17 +487,25 @@ export class ServerConnection {
   /** The reply is charged as it is handed to the socket; then the request's charge comes back. */
   private finish(h: codec.RequestHeader, err: Error | null, readBuf: Buffer | null, cost: number, began: number): void {
     this.inFlight--;
-    this.opts.counters?.record(COUNTED_OP[h.type] as number, began, err ? 0 : h.type === C.Cmd.READ || h.type === C.Cmd.WRITE ? h.length : 0,
-      err ? toNbdErrno(err) : 0);
+    const counters = this.opts.counters;
+    if (counters !== undefined) {
+      if (this.repliedAt < 0) {
+        this.repliedAt = performance.now();
+        this.queueTickEnd();
+      }
+      counters.record(COUNTED_OP[h.type] as number, began, err ? 0 : h.type === C.Cmd.READ || h.type === C.Cmd.WRITE ? h.length : 0,
+        err ? toNbdErrno(err) : 0, this.repliedAt);
+    }
     if (err) {
       this.log.warn({ err, cmd: C.CMD_NAMES[h.type], offset: h.offset, length: h.length }, 'store error');
       if (readBuf) releaseReplyBuffer(readBuf);
       this.sendError(h, toNbdErrno(err), cost);
+    } else if (readBuf !== null) {
+      codec.writeSimpleReplyHeader(readBuf, 0, 0, h.cookieHi, h.cookieLo);
+      this.send(readBuf);
+      this.release(cost);
     } else {
-      let b = readBuf;
-      if (b === null) b = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
-      codec.writeSimpleReplyHeader(b, 0, 0, h.cookieHi, h.cookieLo);
-      this.send(b);
+      this.gather(0, h);
       this.release(cost);
     }
     if (this.state === State.Closing) this.endWhenIdle();
@@ -479,9 +513,7 @@ export class ServerConnection {
   }
 
   private sendError(h: codec.RequestHeader, errno: number, cost: number): void {
-    const b = Buffer.allocUnsafe(C.SIMPLE_REPLY_BYTES);
-    codec.writeSimpleReplyHeader(b, 0, errno, h.cookieHi, h.cookieLo);
-    this.send(b);
+    this.gather(errno, h);
     this.release(cost);
   }
 
@@ -490,9 +522,44 @@ export class ServerConnection {
     if (!this.corked && !this.sock.destroyed && !this.sock.writableEnded) {
       this.corked = true;
       this.sock.cork();
-      process.nextTick(uncork, this);
+      this.queueTickEnd();
     }
     this.out(b);
+  }
+
+  /**
+   * A reply without data, sent with the tick's others at its end. Until then it sits in a
+   * buffer of fixed size, so it is charged once it is handed to the socket (out).
+   */
+  private gather(errno: number, h: codec.RequestHeader): void {
+    if (this.sock.destroyed || this.sock.writableEnded) return;
+    const b = this.gathered ??= Buffer.allocUnsafe(GATHERED_REPLIES * C.SIMPLE_REPLY_BYTES);
+    codec.writeSimpleReplyHeader(b, this.gatheredBytes, errno, h.cookieHi, h.cookieLo);
+    this.gatheredBytes += C.SIMPLE_REPLY_BYTES;
+    if (this.gatheredBytes === b.length) this.send(this.takeGathered());
+    else this.queueTickEnd();
+  }
+
+  /**
+   * The gathered replies in a buffer of their own: a copy of at most 4 KiB, so that the
+   * gathering buffer is free again at once while the socket may hold this one for long.
+   * From Node's 8 KiB pool, as each reply's own buffer came before, not from the read
+   * replies' 256 KiB slabs: a reply a client never reads keeps what it was cut from alive.
+   */
+  private takeGathered(): Buffer {
+    const n = this.gatheredBytes;
+    this.gatheredBytes = 0;
+    const b = Buffer.allocUnsafe(n);
+    const g = this.gathered as Buffer;
+    // TypedArray.set: Buffer.copy's argument checks cost more than these few bytes.
+    b.set(n === g.length ? g : g.subarray(0, n));
+    return b;
+  }
+
+  private queueTickEnd(): void {
+    if (this.tickQueued) return;
+    this.tickQueued = true;
+    process.nextTick(endTick, this);
   }
 
   /**
@@ -523,14 +590,21 @@ export class ServerConnection {
     this.release(b.length + REPLY_OVERHEAD_BYTES);
   };
 
-  /** From nextTick (see send). */
-  flushReplies(): void {
-    this.corked = false;
-    this.sock.uncork();
+  /** From nextTick (queueTickEnd): the tick's replies leave. */
+  endTick(): void {
+    this.tickQueued = false;
+    this.repliedAt = -1;
+    // Corked, it joins the tick's read replies in one writev.
+    if (this.gatheredBytes !== 0) this.out(this.takeGathered());
+    if (this.corked) {
+      this.corked = false;
+      this.sock.uncork();
+    }
   }
 
   private endWhenIdle(): void {
     if (this.inFlight !== 0 || this.sock.writableEnded) return;
+    if (this.gatheredBytes !== 0) this.out(this.takeGathered());
     this.sock.end();
     // 'close' needs the peer's FIN, which a paused socket never reads; a paused socket also
     // stops holding the event loop open, so shutdown() would never resolve and the process
@@ -553,8 +627,8 @@ export class ServerConnection {
   }
 }
 
-function uncork(c: ServerConnection): void {
-  c.flushReplies();
+function endTick(c: ServerConnection): void {
+  c.endTick();
 }
 
 /** What a request is charged from admission to its reply: its payload or read data, and the reply. */

@@ -60,18 +60,22 @@ export class QueueCounters {
     this.record(this.opOf[tag]!, this.began[tag]!, bytes, errno);
   }
 
-  /** A request without a tag (the server's) begins: its start time, for record(). */
-  start(): number {
+  /**
+   * A request without a tag (the server's) begins: its start time, for record(). `now`
+   * (performance.now()) when the caller shares one clock read among requests that began
+   * together.
+   */
+  start(now = performance.now()): number {
     const a = this.a;
     const n = ++a[IN_FLIGHT]!;
     if (n > a[PEAK]!) a[PEAK] = n;
-    return performance.now();
+    return now;
   }
 
-  /** A request of op `op` that start() returned `began` for has ended. */
-  record(op: number, began: number, bytes: number, errno: number): void {
+  /** A request of op `op` that start() returned `began` for has ended (at `now`, as in start). */
+  record(op: number, began: number, bytes: number, errno: number, now = performance.now()): void {
     const a = this.a;
-    const us = (performance.now() - began) * 1000;
+    const us = (now - began) * 1000;
     a[IN_FLIGHT]!--;
     const o = OP_BASE + op * OP_SLOTS;
     a[o]!++;

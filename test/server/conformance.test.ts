@@ -299,6 +299,30 @@ describe('server: proto.md conformance', function () {
       for (const k of [1, 2, 3]) assert.ok(store.mem.subarray(k * 4096, k * 4096 + 4096).equals(Buffer.alloc(4096, k)));
     });
 
+    it('more replies without data in one turn than the server gathers at once: each is sent once, with its cookie and error', async function () {
+      // The server gathers a turn's data-less replies, 256 to a buffer: the 350 refusals made
+      // while one chunk is parsed overflow it; then 250 held flushes are let go at once.
+      const c = await transmission();
+      store.hold = () => true;
+      const flushes = Array.from({ length: 250 }, (_, i) => request(FLUSH, { cookie: BigInt(1000 + i) }));
+      const refused = Array.from({ length: 350 }, (_, i) => request(READ, { cookie: BigInt(5000 + i), offset: SIZE, length: 512 }));
+      c.write(Buffer.concat([...flushes, ...refused]));
+      const got = new Map<bigint, number>();
+      for (let i = 0; i < 350; i++) {
+        const r = await c.simpleReply();
+        got.set(r.cookie, r.error);
+      }
+      while (store.calls.length < 250) await new Promise((r) => setImmediate(r));
+      store.release();
+      for (let i = 0; i < 250; i++) {
+        const r = await c.simpleReply();
+        assert.ok(!got.has(r.cookie), `cookie ${r.cookie} answered twice`);
+        got.set(r.cookie, r.error);
+      }
+      for (let i = 0; i < 250; i++) assert.strictEqual(got.get(BigInt(1000 + i)), 0);
+      for (let i = 0; i < 350; i++) assert.strictEqual(got.get(BigInt(5000 + i)), 22, 'EINVAL past the end');
+    });
+
     it('a store read error: an error reply with no payload, and the connection goes on', async function () {
       const c = await transmission();
       store.mem.fill(0x5a, 0, 8192);

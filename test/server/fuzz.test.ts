@@ -462,14 +462,24 @@ interface Reply {
 
 /**
  * The simple replies among the server's writes. Each write is one message (greeting, option
- * reply, export-name reply or a reply, with a READ's data in the same buffer).
+ * reply, export-name reply or a successful READ's reply with its data in the same buffer),
+ * or replies without data, 16 bytes each, that the server gathered in one turn. A write is
+ * taken for a READ's reply when it begins with a success for a cookie some READ used.
  */
-function replies(out: Buffer[]): Reply[] {
+function replies(out: Buffer[], readCookies: Set<bigint>): Reply[] {
   const rs: Reply[] = [];
   for (const m of out) {
-    if (m.length >= 16 && m.readUInt32BE(0) === MAGIC.SIMPLE_REPLY) {
-      rs.push({ error: m.readUInt32BE(4), cookie: m.readBigUInt64BE(8), payload: m.length > 16 ? m.subarray(16) : undefined });
+    if (m.length < 16 || m.readUInt32BE(0) !== MAGIC.SIMPLE_REPLY) continue;
+    if (m.readUInt32BE(4) === 0 && readCookies.has(m.readBigUInt64BE(8))) {
+      rs.push({ error: 0, cookie: m.readBigUInt64BE(8), payload: m.length > 16 ? m.subarray(16) : undefined });
+      continue;
     }
+    let at = 0;
+    for (; at + 16 <= m.length && m.readUInt32BE(at) === MAGIC.SIMPLE_REPLY; at += 16) {
+      rs.push({ error: m.readUInt32BE(at + 4), cookie: m.readBigUInt64BE(at + 8) });
+    }
+    // Anything else in the write is bytes after a reply without data.
+    if (at < m.length) (rs[rs.length - 1] as Reply).payload = m.subarray(at);
   }
   return rs;
 }
@@ -505,7 +515,8 @@ function verdict(bytes: Buffer, shape: ExportShape, store: RecordingStore, sock:
   const byCookie = new Map<bigint, RefRequest[]>();
   for (const r of requests) byCookie.set(r.cookie, [...(byCookie.get(r.cookie) ?? []), r]);
   const reads = store.calls.filter((c) => c.op === 'read');
-  for (const rep of replies(sock.out)) {
+  const readCookies = new Set(requests.filter((r) => r.type === CMD.READ).map((r) => r.cookie));
+  for (const rep of replies(sock.out, readCookies)) {
     const rs = byCookie.get(rep.cookie);
     if (!rs) {
       bad.push(`a reply for cookie ${rep.cookie}, which no request had`);

@@ -56,6 +56,12 @@ describe('stats: histogram, counters, report, Prometheus text, sockets', functio
       assert.ok(hi - lo <= Math.max(1, lo / 32), `bucket ${b} [${lo}, ${hi}) wider than 1/32`);
       prev = b;
     }
+    // Where bucketOf leaves 32-bit integer arithmetic.
+    for (const v of [2 ** 31 - 1, 2 ** 31, 2 ** 31 + 1]) {
+      const [lo, hi] = bucketRange(bucketOf(v));
+      assert.ok(v >= lo && v < hi, `${v} outside [${lo}, ${hi})`);
+    }
+    assert.strictEqual(bucketOf(2 ** 31) - bucketOf(2 ** 31 - 1), 1);
     assert.strictEqual(bucketOf(-5), 0);
     assert.strictEqual(bucketOf(2 ** 45), BUCKETS - 1);
   });
