@@ -12,7 +12,7 @@ import * as codec from '../nbd/codec';
 import { ByteQueue } from '../nbd/byte-queue';
 import { Logger } from '../log';
 import { ByteBudget } from './byte-budget';
-import { isPooledSize, releaseReplyBuffer, takeReplyBuffer } from './reply-buffers';
+import { isPooledSize, releaseReplyBuffer, ReplyBuffers } from './reply-buffers';
 import { ServerSettings, serverSettings } from './settings';
 import { Store } from './store/store';
 import { ServerTls, startServerTls } from './tls';
@@ -111,6 +111,7 @@ export class ServerConnection {
   /** Data-less replies of this tick (GATHERED_REPLIES), sent at its end; allocated on first use. */
   private gathered: Buffer | null = null;
   private gatheredBytes = 0;
+  private readonly replyBuffers = new ReplyBuffers();
   /**
    * performance.now() shared by what happens together, for the counters: requests parsed
    * from the same bytes arrived together, and replies of one tick leave together. One
@@ -469,7 +470,7 @@ export class ServerConnection {
     const done = (err: Error | null): void => this.finish(h, err, null, cost, began);
     switch (h.type) {
       case C.Cmd.READ: {
-        const out = takeReplyBuffer(C.SIMPLE_REPLY_BYTES + h.length);
+        const out = this.replyBuffers.take(C.SIMPLE_REPLY_BYTES + h.length);
         store.read(out, C.SIMPLE_REPLY_BYTES, h.length, h.offset, (err) => this.finish(h, err, out, cost, began));
         return;
       }
@@ -543,13 +544,13 @@ export class ServerConnection {
   /**
    * The gathered replies in a buffer of their own: a copy of at most 4 KiB, so that the
    * gathering buffer is free again at once while the socket may hold this one for long.
-   * From Node's 8 KiB pool, as each reply's own buffer came before, not from the read
-   * replies' 256 KiB slabs: a reply a client never reads keeps what it was cut from alive.
+   * Cut from this connection's own slab: a reply a client never reads keeps what it was
+   * cut from alive (reply-buffers.ts).
    */
   private takeGathered(): Buffer {
     const n = this.gatheredBytes;
     this.gatheredBytes = 0;
-    const b = Buffer.allocUnsafe(n);
+    const b = this.replyBuffers.take(n);
     const g = this.gathered as Buffer;
     // TypedArray.set: Buffer.copy's argument checks cost more than these few bytes.
     b.set(n === g.length ? g : g.subarray(0, n));

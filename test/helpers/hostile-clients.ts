@@ -1,6 +1,7 @@
 // Clients that try to make an NBD server hold memory or connections: readers that never read
-// their replies, a flood of small requests whose replies are never read, handshakes that
-// never finish, writes whose payload trickles in. Shared by the CI test
+// their replies, a flood of small requests whose replies are never read, a drip of them
+// paced by the caller (replyDrip), handshakes that never finish, writes whose payload
+// trickles in. Shared by the CI test
 // (test/server/hostile-load.test.ts) and bench/hostile-load.ts. Requests are built by hand
 // (raw-nbd.ts), not with our codec.
 import * as net from 'net';
@@ -105,6 +106,21 @@ function writeWithBackpressure(s: net.Socket, b: Buffer): Promise<boolean> {
     s.once('drain', onDrain);
     s.once('close', onClose);
   });
+}
+
+/**
+ * A client that never reads its replies and asks for one zero-length READ each time the
+ * caller calls drip(), after one READ of fillBytes that fills the socket's buffers, so that
+ * every later reply waits in the server. Paced by the caller between other clients'
+ * requests, each drip's reply is made among theirs.
+ */
+export async function replyDrip(port: number, fillBytes: number, exportName = ''): Promise<{ drip(): void; stop(): void }> {
+  const s = await connect(port);
+  await readExactly(s, 18);
+  await handshake(s, exportName);
+  s.write(request(READ, { cookie: 0n, offset: 0, length: fillBytes }));
+  const one = request(READ, { cookie: 1n, offset: 0, length: 0 });
+  return { drip: () => void s.write(one), stop: () => s.destroy() };
 }
 
 /** Starts one attacker; it reconnects whenever the server closes it, until stop(). */

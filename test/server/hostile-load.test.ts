@@ -6,9 +6,10 @@ import * as assert from 'assert';
 import { randomBytes, randomInt } from 'crypto';
 import * as fs from 'fs';
 import { NbdClient } from '../../src/nbd/client';
+import * as C from '../../src/nbd/constants';
 import { cleanupAfterEach } from '../helpers/procs';
 import { makeImage, MiB, readAt, tempDir } from '../helpers/images';
-import { Attacker, startAttacker } from '../helpers/hostile-clients';
+import { Attacker, replyDrip, startAttacker } from '../helpers/hostile-clients';
 import { RawConn, request } from '../helpers/raw-nbd';
 import { LogLine, serveImage, Served } from '../helpers/serve';
 
@@ -80,6 +81,39 @@ describe('server: hostile load', function () {
       seen.add(key);
     }
     for (const a of attackers) assert.strictEqual(a.closedByServer + a.refused, 0, `${a.kind} was closed`);
+  });
+
+  it('a client that never reads, asking for one small reply at a time beside an honest reader, holds its replies, not the memory they were cut from', async function () {
+    const image = makeImage(tempDir(cleanup), 'disk.img', SIZE, 'random');
+    const srv = await serveImage(cleanup, image);
+    const drip = await replyDrip(srv.port, 8 * MiB);
+    // 400,000 honest 4 KiB reads at QD32, their replies cut from 6,300 slabs of 256 KiB, and
+    // a drip every 64 of them: each drip's reply, a few hundred bytes of budget, once kept
+    // the slab it was cut from alive (1.6 GiB in all).
+    const c = await NbdClient.connect({ host: srv.host, port: srv.port, exportName: '' });
+    try {
+      const blocks = SIZE / 4096;
+      let issued = 0;
+      await new Promise<void>((resolve, reject) => {
+        let done = 0;
+        const issue = (into: Buffer): void => {
+          issued++;
+          c.submit({ type: C.Cmd.READ, offset: randomInt(0, blocks) * 4096, length: 4096, into }, into, (err, b) => {
+            if (err) return reject(err);
+            if (++done === 400_000) return resolve();
+            if (done % 64 === 0) drip.drip();
+            if (issued < 400_000) issue(b);
+          });
+        };
+        for (let i = 0; i < 32; i++) issue(Buffer.alloc(4096));
+      });
+    } finally {
+      await c.close();
+    }
+    await honest(srv, image);
+    const peak = peakRssMiB(srv.child.proc.pid as number);
+    drip.stop();
+    assert.ok(peak < RSS_BOUND_MIB, `serve's peak RSS ${peak.toFixed(0)} MiB`);
   });
 
   it('handshakes that never finish are closed; past --max-connections clients are closed at once, logged once', async function () {
