@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "ublk",
-      "sources": ["addon/module.cc", "addon/ctrl.cc", "addon/queue.cc"],
+      "sources": ["addon/module.cc", "addon/ctrl.cc", "addon/queue.cc", "addon/fixed-buffer-probe.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "addon"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],

@@ -4,11 +4,13 @@
 #include <napi.h>
 
 #include "ctrl.h"
+#include "fixed-buffer-probe.h"
 #include "queue.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ctrlCommand", Napi::Function::New(env, ublk::CtrlCommand, "ctrlCommand"));
   exports.Set("Queue", ublk::DefineQueue(env));
+  exports.Set("probeFixedBufferIo", Napi::Function::New(env, ublk::ProbeFixedBufferIo, "probeFixedBufferIo"));
   return exports;
 }
 

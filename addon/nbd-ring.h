@@ -28,6 +28,15 @@
 // receive serves many replies, as one read() does for the stream transport (a receive per
 // header cost twice the stream's CPU per request at QD32, bench/results/ts-path-transports-
 // 2026-11-30.md). The rest of a payload that did not fit is received in place, MSG_WAITALL.
+//
+// Zero copy (FixedBuffers given: UBLK_F_AUTO_BUF_REG registered each request's pages as the
+// ring's fixed buffer index = tag): a payload that points into the queue's tag region
+// stands for that tag's fixed buffer at the same offset, whose pages are the request's
+// own and not mapped here. A WRITE's payload leaves as a send from the fixed buffer
+// (IORING_RECVSEND_FIXED_BUF) linked after the sendmsg carrying its header, in the same
+// chain, so nothing can reorder the stream. A READ's payload cannot pass through the
+// staging buffer (no memcpy reaches those pages): each reply header is received alone,
+// exactly 16 bytes, and a READ's payload then in place, into the fixed buffer.
 #pragma once
 
 #include <liburing.h>
@@ -41,6 +50,28 @@
 
 namespace ublk {
 
+// Zero copy: where a queue's tag buffers are, which stand for the fixed buffers (index =
+// tag) that hold the requests' own pages.
+struct FixedBuffers {
+  const uint8_t* base = nullptr;
+  size_t stride = 0;
+  uint32_t count = 0;
+  // Usable bytes of each tag's buffer (max_io_buf_bytes).
+  uint32_t bytes = 0;
+
+  // The fixed buffer and offset that [p, p + len) stands for; false for other memory.
+  bool Find(const uint8_t* p, uint32_t len, uint16_t* index, uint32_t* offset) const {
+    if (base == nullptr || p < base) return false;
+    size_t at = static_cast<size_t>(p - base);
+    size_t tag = at / stride;
+    size_t off = at % stride;
+    if (tag >= count || off + len > bytes) return false;
+    *index = static_cast<uint16_t>(tag);
+    *offset = static_cast<uint32_t>(off);
+    return true;
+  }
+};
+
 class NbdRing {
  public:
   static constexpr uint64_t kUserDataBit = 1ull << 63;
@@ -50,13 +81,14 @@ class NbdRing {
   // What a CQE did, for the owner to act on.
   enum class Event { kNone, kReplies, kFailed };
 
-  NbdRing(int fd, uint32_t slots, uint32_t conn)
-      : fd_(fd), slots_(slots), conn_(conn & kConnMask), slot_(slots), replies_((slots + 1) * kReplyBytes) {}
+  // fixed: the queue's tag buffers in zero-copy mode, else null (copy mode).
+  NbdRing(int fd, uint32_t slots, uint32_t conn, const FixedBuffers* fixed)
+      : fd_(fd), slots_(slots), conn_(conn & kConnMask), fixed_(fixed), slot_(slots), replies_((slots + 1) * kReplyBytes) {}
 
   // The connection a CQE of ours belongs to.
   static uint32_t ConnOf(uint64_t userData) { return static_cast<uint32_t>(userData >> 32) & kConnMask; }
   // SQEs a connection of `slots` can have prepared at once: a chain of every slot and the receive.
-  static uint32_t MaxSqesFor(uint32_t slots) { return MaxSendSqes(slots) + 1; }
+  static uint32_t MaxSqesFor(uint32_t slots, bool zeroCopy) { return MaxSendSqes(slots, zeroCopy) + 1; }
 
   int fd() const { return fd_; }
   uint32_t conn() const { return conn_; }
@@ -84,8 +116,25 @@ class NbdRing {
     s.gen = gen;
     s.into = into;
     s.intoLen = intoLen;
+    s.intoBuf = -1;
+    uint16_t index;
+    uint32_t offset;
+    if (into != nullptr && fixed_ != nullptr && fixed_->Find(into, intoLen, &index, &offset)) {
+      s.intoBuf = index;
+      s.into = reinterpret_cast<uint8_t*>(uintptr_t{offset});
+    }
     next_.push_back({const_cast<uint8_t*>(header), kRequestHeaderBytes});
-    if (data != nullptr && dataLen > 0) next_.push_back({const_cast<uint8_t*>(data), dataLen});
+    nextBuf_.push_back(-1);
+    if (data != nullptr && dataLen > 0) {
+      if (fixed_ != nullptr && fixed_->Find(data, dataLen, &index, &offset)) {
+        // Within a fixed buffer, the address is the offset from its start.
+        next_.push_back({reinterpret_cast<void*>(uintptr_t{offset}), dataLen});
+        nextBuf_.push_back(index);
+      } else {
+        next_.push_back({const_cast<uint8_t*>(data), dataLen});
+        nextBuf_.push_back(-1);
+      }
+    }
     return true;
   }
 
@@ -98,20 +147,36 @@ class NbdRing {
     if (chainLeft_ > 0 || next_.empty() || failed_) return 0;
     chain_.swap(next_);
     next_.clear();
+    chainBuf_.swap(nextBuf_);
+    nextBuf_.clear();
     io_uring_sqe* last = nullptr;
     uint32_t n = 0;
-    for (size_t at = 0; at < chain_.size(); at += kIovMax, n++) {
+    for (size_t at = 0; at < chain_.size(); n++) {
       io_uring_sqe* sqe = io_uring_get_sqe(ring);
       if (sqe == nullptr) break;  // cannot happen with a ring of MaxSqes() spare entries
-      size_t pieces = std::min<size_t>(kIovMax, chain_.size() - at);
-      msghdr& m = msgs_[n];
-      std::memset(&m, 0, sizeof m);
-      m.msg_iov = chain_.data() + at;
-      m.msg_iovlen = pieces;
-      uint64_t bytes = 0;
-      for (size_t k = at; k < at + pieces; k++) bytes += chain_[k].iov_len;
-      sendBytes_[n] = bytes;
-      io_uring_prep_sendmsg(sqe, fd_, &m, MSG_WAITALL | MSG_NOSIGNAL);
+      if (chainBuf_[at] >= 0) {
+        // A payload in the request's own pages: fixed buffer chainBuf_[at].
+        sendBytes_[n] = chain_[at].iov_len;
+        io_uring_prep_send(sqe, fd_, chain_[at].iov_base, chain_[at].iov_len, MSG_WAITALL | MSG_NOSIGNAL);
+        sqe->ioprio |= IORING_RECVSEND_FIXED_BUF;
+        sqe->buf_index = static_cast<uint16_t>(chainBuf_[at]);
+        at++;
+      } else {
+        // The pieces up to the next fixed one (or kIovMax of them) as one sendmsg.
+        size_t pieces = 0;
+        uint64_t bytes = 0;
+        while (at + pieces < chain_.size() && pieces < kIovMax && chainBuf_[at + pieces] < 0) {
+          bytes += chain_[at + pieces].iov_len;
+          pieces++;
+        }
+        msghdr& m = msgs_[n];
+        std::memset(&m, 0, sizeof m);
+        m.msg_iov = chain_.data() + at;
+        m.msg_iovlen = pieces;
+        sendBytes_[n] = bytes;
+        io_uring_prep_sendmsg(sqe, fd_, &m, MSG_WAITALL | MSG_NOSIGNAL);
+        at += pieces;
+      }
       sqe->flags |= IOSQE_IO_LINK;
       io_uring_sqe_set_data64(sqe, UserData(kSend, n));
       last = sqe;
@@ -128,12 +193,20 @@ class NbdRing {
     if (recvPosted_ || failed_ || stopped_) return 0;
     io_uring_sqe* sqe = io_uring_get_sqe(ring);
     if (sqe == nullptr) return 0;
-    if (payloadSlot_ < 0) {
+    if (payloadSlot_ < 0 && fixed_ != nullptr) {
+      // Zero copy: the rest of one reply header, never a payload byte (see the top).
+      io_uring_prep_recv(sqe, fd_, stage_.data(), kReplyBytes - hdrGot_, MSG_WAITALL);
+      io_uring_sqe_set_data64(sqe, UserData(kRecv, kIntoStage));
+    } else if (payloadSlot_ < 0) {
       io_uring_prep_recv(sqe, fd_, stage_.data(), kStageBytes, 0);
       io_uring_sqe_set_data64(sqe, UserData(kRecv, kIntoStage));
     } else {
       Slot& s = slot_[payloadSlot_];
       io_uring_prep_recv(sqe, fd_, s.into + got_, s.intoLen - got_, MSG_WAITALL);
+      if (s.intoBuf >= 0) {
+        sqe->ioprio |= IORING_RECVSEND_FIXED_BUF;
+        sqe->buf_index = static_cast<uint16_t>(s.intoBuf);
+      }
       io_uring_sqe_set_data64(sqe, UserData(kRecv, kInPlace));
     }
     recvPosted_ = true;
@@ -170,6 +243,7 @@ class NbdRing {
     stopped_ = true;
     failed_ = true;
     next_.clear();
+    nextBuf_.clear();
   }
 
  private:
@@ -187,14 +261,19 @@ class NbdRing {
   struct Slot {
     bool busy = false;
     uint32_t gen = 0;
+    // Where a READ's payload goes: memory, or (intoBuf >= 0) the offset in that fixed buffer.
     uint8_t* into = nullptr;
     uint32_t intoLen = 0;
+    int32_t intoBuf = -1;
     uint8_t replyHeader[kReplyBytes]{};
   };
 
   // Linux's IOV_MAX: the pieces one sendmsg takes.
   static constexpr size_t kIovMax = 1024;
-  static uint32_t MaxSendSqes(uint32_t slots) { return static_cast<uint32_t>((2 * size_t{slots} + kIovMax - 1) / kIovMax); }
+  // Zero copy: a header's sendmsg and a payload's fixed send per request at most.
+  static uint32_t MaxSendSqes(uint32_t slots, bool zeroCopy) {
+    return zeroCopy ? 2 * slots : static_cast<uint32_t>((2 * size_t{slots} + kIovMax - 1) / kIovMax);
+  }
 
   static uint32_t Be32(const uint8_t* p) {
     return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
@@ -206,6 +285,7 @@ class NbdRing {
     uint32_t pos = 0;
     while (pos < n && !stopped_) {
       if (payloadSlot_ >= 0) {
+        // Only in copy mode: zero copy receives header bytes alone into the stage.
         Slot& s = slot_[payloadSlot_];
         uint32_t k = std::min(n - pos, s.intoLen - got_);
         std::memcpy(s.into + got_, p + pos, k);
@@ -251,7 +331,7 @@ class NbdRing {
       return Event::kReplies;
     }
     Slot& s = slot_[slot];
-    if (error == 0 && s.into != nullptr && s.intoLen > 0) {
+    if (error == 0 && (s.into != nullptr || s.intoBuf >= 0) && s.intoLen > 0) {
       std::memcpy(s.replyHeader, hdr_, kReplyBytes);
       payloadSlot_ = static_cast<int32_t>(slot);
       got_ = 0;
@@ -279,13 +359,17 @@ class NbdRing {
   int fd_;
   uint32_t slots_;
   uint32_t conn_;
+  const FixedBuffers* fixed_;
   std::vector<Slot> slot_;
   // The pieces (header, payload) of the requests queued for the next chain, and of the
-  // chain in flight, whose sendmsgs point into it until their CQEs.
+  // chain in flight, whose sendmsgs point into it until their CQEs; beside each, its
+  // fixed buffer index, or -1 for memory.
   std::vector<iovec> next_;
   std::vector<iovec> chain_;
-  std::vector<msghdr> msgs_ = std::vector<msghdr>(MaxSendSqes(slots_));
-  std::vector<uint64_t> sendBytes_ = std::vector<uint64_t>(MaxSendSqes(slots_));
+  std::vector<int32_t> nextBuf_;
+  std::vector<int32_t> chainBuf_;
+  std::vector<msghdr> msgs_ = std::vector<msghdr>(MaxSendSqes(slots_, fixed_ != nullptr));
+  std::vector<uint64_t> sendBytes_ = std::vector<uint64_t>(MaxSendSqes(slots_, fixed_ != nullptr));
   std::vector<uint8_t> replies_;
   uint32_t nReplies_ = 0;
   uint32_t chainLeft_ = 0;

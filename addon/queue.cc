@@ -19,6 +19,13 @@
 //   (With COOP_TASKRUN the task_work would wait for the thread's next syscall.)
 // - Only UBLK_IO_RES_ABORT (-ENODEV) means a tag is finished; every other
 //   completion carries a request (0) or reports a refused command.
+// - Zero copy (a device added with UBLK_F_AUTO_BUF_REG): the kernel copies nothing into
+//   the tag buffers. Each FETCH/COMMIT_AND_FETCH names fixed buffer index = tag, where the
+//   kernel registers the tag's next request's pages in this ring's sparse buffer table
+//   before the CQE, and unregisters them at that request's commit. The tag buffers stay
+//   mapped but untouched (no memory behind them): an attached socket reads their
+//   addresses as the fixed buffer of that tag (nbd-ring.h), so JS keeps passing
+//   buffer(tag) views and a reconnect's resend finds the same pages until the commit.
 #include "queue.h"
 
 #include <liburing.h>
@@ -91,6 +98,13 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     bufBytes_ = UintOption(opts, "bufBytes", 1, 32u << 20);
     charFd_ = static_cast<int>(UintOption(opts, "charFd", 0, INT32_MAX));
     socketSlots_ = opts.Has("socketSlots") ? UintOption(opts, "socketSlots", 0, 4096) : 0;
+    if (opts.Has("zeroCopy")) {
+      Napi::Value zc = opts.Get("zeroCopy");
+      if (!zc.IsBoolean()) throw Napi::TypeError::New(env, "options.zeroCopy must be a boolean");
+      zeroCopy_ = zc.As<Napi::Boolean>().Value();
+    }
+    // Only a socket on this ring can reach the registered pages.
+    if (zeroCopy_ && socketSlots_ == 0) throw Napi::TypeError::New(env, "options.zeroCopy needs socketSlots");
     Napi::Value encode = opts.Get("ioctlEncode");
     if (!encode.IsBoolean()) throw Napi::TypeError::New(env, "options.ioctlEncode must be a boolean");
     bool ioctlEncode = encode.As<Napi::Boolean>().Value();
@@ -151,13 +165,19 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     // across two submits: nbd-ring.h), plus a cancel and a wake-up NOP. CQ defaults to
     // twice that, so it cannot overflow. SUBMIT_ALL keeps one refused command from
     // holding back the rest of a batch.
-    uint32_t entries = depth_ + (socketSlots_ > 0 ? NbdRing::MaxSqesFor(socketSlots_) + 2 : 0);
+    uint32_t entries = depth_ + (socketSlots_ > 0 ? NbdRing::MaxSqesFor(socketSlots_, zeroCopy_) + 2 : 0);
     int rc = io_uring_queue_init(entries, &ring_, IORING_SETUP_SUBMIT_ALL);
     if (rc < 0) throw ErrnoError(env, -rc, "io_uring_setup");
     ringUp_ = true;
     // A registered file saves a file-table lookup and refcount per command.
     rc = io_uring_register_files(&ring_, &charFd_, 1);
     if (rc < 0) throw ErrnoError(env, -rc, "io_uring_register");
+    if (zeroCopy_) {
+      // The table the kernel's auto registration fills: one empty slot per tag.
+      rc = io_uring_register_buffers_sparse(&ring_, depth_);
+      if (rc < 0) throw ErrnoError(env, -rc, "io_uring_register");
+      fixed_ = FixedBuffers{static_cast<const uint8_t*>(tags_->addr), stride_, depth_, bufBytes_};
+    }
 
     state_.assign(depth_, kIdle);
     errTags_.assign(depth_, 0);
@@ -304,7 +324,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     Napi::Buffer<uint8_t> replies = info[1].As<Napi::Buffer<uint8_t>>();
     if (replies.Length() < (socketSlots_ + 1) * NbdRing::kReplyBytes)
       throw Napi::RangeError::New(env, "replies must hold socketSlots + 1 headers");
-    nbd_ = std::make_unique<NbdRing>(static_cast<int>(fd), socketSlots_, ++connSeq_);
+    nbd_ = std::make_unique<NbdRing>(static_cast<int>(fd), socketSlots_, ++connSeq_, zeroCopy_ ? &fixed_ : nullptr);
     failureReported_ = false;
     replies_ = Napi::Persistent(replies);
     if (nbd_->PrepareRecv(&ring_) > 0) {
@@ -453,7 +473,11 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     cmd.q_id = qid_;
     cmd.tag = tag;
     cmd.result = result;
-    cmd.addr = reinterpret_cast<uintptr_t>(tags_->addr) + tag * stride_;
+    if (zeroCopy_) {
+      sqe->addr = uapi::AutoBufRegAddr(tag);
+    } else {
+      cmd.addr = reinterpret_cast<uintptr_t>(tags_->addr) + tag * stride_;
+    }
     std::memcpy(sqe->cmd, &cmd, sizeof cmd);
     return true;
   }
@@ -601,6 +625,9 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   size_t stride_ = 0;
   int charFd_ = -1;
   uint32_t socketSlots_ = 0;
+  // The device has UBLK_F_AUTO_BUF_REG: requests' pages are this ring's fixed buffers.
+  bool zeroCopy_ = false;
+  FixedBuffers fixed_;
   uint32_t fetchOp_ = 0;
   uint32_t commitOp_ = 0;
 

@@ -65,6 +65,15 @@ constexpr uint32_t kIoFetchReqEncoded = IocReadWrite(kIoFetchReq, sizeof(IoCmd))
 constexpr uint32_t kIoCommitAndFetchReqEncoded = IocReadWrite(kIoCommitAndFetchReq, sizeof(IoCmd));
 static_assert(kIoFetchReqEncoded == 0xc0107520u);
 
+// UBLK_F_AUTO_BUF_REG (Linux 6.16, Documentation/block/ublk.rst "Auto Buffer
+// Registration"): struct ublk_auto_buf_reg { u16 index; u8 flags; u8 reserved0; u32
+// reserved1; } travels in the FETCH/COMMIT_AND_FETCH SQE's own addr field (not IoCmd.addr,
+// which then stays 0). Before handing the tag its next request the kernel registers the
+// request's pages as fixed buffer `index` of the ring that issued the command (a sparse
+// buffer table must exist there), and unregisters them when the request is committed.
+// UBLK_AUTO_BUF_REG_FALLBACK (flags bit 0) is not used: nothing here registers by hand.
+constexpr uint64_t AutoBufRegAddr(uint16_t index) { return uint64_t{index}; }
+
 // Results of FETCH_REQ/COMMIT_AND_FETCH_REQ completions. Only ABORT means the
 // tag is finished: the device is stopping and the command must not be re-issued.
 constexpr int kIoResOk = 0;

@@ -28,6 +28,8 @@ export interface AttachedDevice {
   kind: ClientKind;
   path: string;
   settings: QueueSettings;
+  /** netdisk-ublk's data path (`list --json`'s dataPath). */
+  dataPath?: string;
   /** How it was attached, for the report. */
   command: string;
   detach(): Promise<void>;
@@ -56,10 +58,13 @@ export async function attachUblk(cli: string, host: string, port: number, s: Ubl
   const info = JSON.parse(out.trim().split('\n')[0] ?? '{}') as { id: number; device: string };
   const dev = info.device;
   await setScheduler(dev);
+  const listed = (JSON.parse(await runOk(process.execPath, [cli, 'list', '--json'])) as Array<{ id: number; dataPath: string | null }>)
+    .find((d) => d.id === info.id);
   return {
     kind: 'ublk',
     path: dev,
     settings: readSettings(dev),
+    ...(listed?.dataPath ? { dataPath: listed.dataPath } : {}),
     command: `netdisk-ublk ${args.join(' ').replace(`${host}:${port}`, `${host}:PORT`).replace(tls?.pskFile ?? '\0', 'PSKFILE')}`,
     async detach() {
       await runOk(process.execPath, [cli, 'del', String(info.id)]);

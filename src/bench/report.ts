@@ -141,7 +141,7 @@ export function renderMarkdown(res: BenchResults, chartFile: string | undefined)
     out.push(`## Store: ${STORE_TITLE[run.store]}`, '', `Store: \`${run.command}\``, '');
     for (const k of ['ublk', 'nbd'] as ClientKind[]) {
       const d = run.devices[k];
-      if (d) out.push(`- ${CLIENT_TITLE[k]}: \`${d.command}\` → ${d.path}: ${settingsText(d.settings)}`);
+      if (d) out.push(`- ${CLIENT_TITLE[k]}: \`${d.command}\` → ${d.path}: ${settingsText(d.settings)}${d.dataPath ? `; data path: **${d.dataPath}**` : ''}`);
     }
     out.push('', ...storeTable(run, s.cases), '');
   }

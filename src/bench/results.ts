@@ -9,6 +9,8 @@ export interface DeviceInfo {
   command: string;
   path: string;
   settings: QueueSettings;
+  /** netdisk-ublk's data path as `list --json` shows it ('copy', 'zero copy'); absent for kernel nbd. */
+  dataPath?: string;
 }
 
 export interface StoreRun {

@@ -131,7 +131,7 @@ export async function runBench(o: RunOptions): Promise<BenchResults> {
       const runRec: StoreRun = { store: kind, command: store.command, devices: {}, samples: {} };
       for (const k of ['ublk', 'nbd'] as ClientKind[]) {
         const d = devs[k] as AttachedDevice;
-        runRec.devices[k] = { command: d.command, path: d.path, settings: d.settings };
+        runRec.devices[k] = { command: d.command, path: d.path, settings: d.settings, ...(d.dataPath ? { dataPath: d.dataPath } : {}) };
       }
       const clients: ClientKind[] = ['ublk', 'nbd'];
       let turn = 0;

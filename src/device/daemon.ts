@@ -17,6 +17,7 @@ import {
 import { newQueueCounters, readCounters, type DeviceCounters } from '../stats/device-counters';
 import { deviceGeometry, unsupportedConstraints } from './capabilities';
 import { remoteAddress, type DeviceConfig } from './config';
+import { chooseDataPath, dataPathOf, zeroCopyConflict, type DataPathChoice } from './data-path';
 import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './queue-worker';
 import { readRecord, removeRecord, writeRecord, type DeviceRecord } from './state';
 
@@ -69,6 +70,8 @@ export class DeviceDaemon {
   private readonly log: Logger;
   /** What the device runs with: the command line's, or the record's when re-attaching. */
   private config: DeviceConfig;
+  /** start()'s choice of data path, for the log line that names it. */
+  private dataPathChoice: DataPathChoice | undefined;
   private doneResolve!: () => void;
   /** Resolves when the daemon must end on its own (a queue worker died). */
   readonly done: Promise<void>;
@@ -117,7 +120,9 @@ export class DeviceDaemon {
       this.log.warn({ size: info.size, deviceBytes: geo.deviceBytes }, 'export size is not a whole number of blocks: the tail is not exposed');
     }
     const ctrl = this.ctrl as UblkCtrl;
-    const flags = ctrl.features === null ? RECOVERY_FLAGS : RECOVERY_FLAGS & ctrl.features;
+    this.dataPathChoice = chooseDataPath(c, ctrl.features);
+    const flags = (ctrl.features === null ? RECOVERY_FLAGS : RECOVERY_FLAGS & ctrl.features)
+      | (this.dataPathChoice.path === 'zero copy' ? UblkFlag.AUTO_BUF_REG : 0n);
     try {
       const dev = await ctrl.addDev({
         id: this.opts.id ?? -1, queues, depth: c.depth, maxIoBufBytes: c.maxIoBufBytes, flags, ublksrvFlags: NETDISK_MARK,
@@ -235,6 +240,12 @@ export class DeviceDaemon {
     const flags = flagSet(dev.flags);
     const kernelFeatures = ctrl.features === null ? undefined : flagSet(ctrl.features);
     this.log.info({ dev: this.devId, kernelFeatures: kernelFeatures ?? null, flags }, 'ublk features: the kernel\'s and the device\'s');
+    // A device keeps the data path it was added with: a recovering daemon follows its flags.
+    const dataPath = dataPathOf(dev.flags);
+    const conflict = dataPath === 'zero copy' ? zeroCopyConflict(this.config) : null;
+    if (conflict !== null) throw new DaemonError(`ublk device ${this.devId} runs in zero copy, which needs the ring transport on a clear-text connection, not ${conflict}`);
+    const reason = this.dataPathChoice?.reason ?? `the device was added ${dataPath === 'zero copy' ? 'with' : 'without'} UBLK_F_AUTO_BUF_REG`;
+    this.log.info({ dev: this.devId, dataPath, reason }, `data path: ${dataPath}`);
     const rec: DeviceRecord = {
       id: this.devId, config: this.config, size: deviceBytes, export: info, pid: process.pid, created: old?.created ?? new Date().toISOString(),
       ...(this.opts.logFile ? { logFile: this.opts.logFile } : {}),
@@ -246,6 +257,7 @@ export class DeviceDaemon {
       this.queueCounters.push(counters);
       this.workers.push(this.spawnQueue({
         devId: this.devId, qid, charFd: this.charFd, ioctlEncode: ctrl.ioctlEncode, expect: info, config: this.config, counters, recovering,
+        zeroCopy: dataPath === 'zero copy',
       }));
     }
     await Promise.all(this.workers.map((w) => waitStarted(w)));

@@ -3,6 +3,7 @@
 import * as fs from 'fs';
 import { UblkCtrl, UblkState, blockDevPath, flagSet, type DevInfo, type FlagSet } from '../ublk';
 import { remoteAddress } from './config';
+import { dataPathOf, type DataPath } from './data-path';
 import { NETDISK_MARK } from './daemon';
 import { pidAlive, readRecord, recordIds, type DeviceRecord } from './state';
 
@@ -20,6 +21,8 @@ export interface DeviceView {
   daemonAlive: boolean;
   /** UBLK_F_* the device runs with (the kernel's GET_DEV_INFO, else our record). */
   flags: FlagSet | null;
+  /** 'zero copy' when the device has UBLK_F_AUTO_BUF_REG, else 'copy' (data-path.ts); null: flags unknown. */
+  dataPath: DataPath | null;
   /** UBLK_F_* this kernel offers (GET_FEATURES), else what the record kept. */
   kernelFeatures: FlagSet | null;
 }
@@ -66,6 +69,7 @@ export async function inventory(ctrl: UblkCtrl | undefined): Promise<DeviceView[
 
 function view(id: number, info: DevInfo | undefined, rec: DeviceRecord | undefined, features: bigint | null): DeviceView {
   const pid = info && info.ublksrvPid > 0 ? info.ublksrvPid : rec?.pid ?? null;
+  const flags = info ? flagSet(info.flags) : rec?.flags ?? null;
   return {
     id,
     device: blockDevPath(id),
@@ -77,7 +81,8 @@ function view(id: number, info: DevInfo | undefined, rec: DeviceRecord | undefin
     pid,
     state: info ? STATE_NAMES[info.state] ?? `state${info.state}` : 'gone',
     daemonAlive: pid !== null && pidAlive(pid),
-    flags: info ? flagSet(info.flags) : rec?.flags ?? null,
+    flags,
+    dataPath: flags ? dataPathOf(BigInt(flags.mask)) : null,
     kernelFeatures: features !== null ? flagSet(features) : rec?.kernelFeatures ?? null,
   };
 }

@@ -31,6 +31,8 @@ export interface QueueWorkerData {
    * waiting: Linux 6.12 refuses another START_USER_RECOVERY, EINVAL, until this one ends.)
    */
   recovering: boolean;
+  /** The device has UBLK_F_AUTO_BUF_REG: the queue's ring moves the requests' own pages (data-path.ts). */
+  zeroCopy: boolean;
 }
 
 /** From the daemon: the device is being stopped. */
@@ -55,7 +57,7 @@ async function main(): Promise<void> {
   try {
     q = new UblkQueue({
       devId: d.devId, qid: d.qid, depth: d.config.depth, maxIoBufBytes: d.config.maxIoBufBytes, charFd: d.charFd,
-      ioctlEncode: d.ioctlEncode, socketSlots: ring ? d.config.depth : 0,
+      ioctlEncode: d.ioctlEncode, socketSlots: ring ? d.config.depth : 0, zeroCopy: d.zeroCopy,
     });
   } catch (err) {
     post({ type: 'failed', message: (err as Error).message });
@@ -113,7 +115,7 @@ async function main(): Promise<void> {
   const svc = new QueueService(q, client, log, counters);
   svc.start();
   // Which data path runs: asked for in the settings, and what the connection took (TLS: the stream).
-  log.info({ transport: client.transportKind, asked: d.config.transport ?? DEVICE_DEFAULTS.transport }, 'queue serving');
+  log.info({ transport: client.transportKind, asked: d.config.transport ?? DEVICE_DEFAULTS.transport, zeroCopy: d.zeroCopy }, 'queue serving');
   post({ type: 'started' });
   await svc.stopped;
   // Neither the grace timer nor the message listener may outlive the queue: either keeps

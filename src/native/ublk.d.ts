@@ -18,6 +18,13 @@ export interface NativeQueueOptions {
    * low 32 bits, is below this); sizes the ring for them. 0 or absent: no socket.
    */
   socketSlots?: number;
+  /**
+   * The device was added with UBLK_F_AUTO_BUF_REG: each request's pages become this ring's
+   * fixed buffer index = tag, and the attached socket sends and receives a request's payload
+   * from and into them when its data/into Buffer lies in buffers[tag] (the tag buffers
+   * themselves then hold nothing). Needs socketSlots.
+   */
+  zeroCopy?: boolean;
 }
 
 /**
@@ -85,4 +92,9 @@ export interface UblkNative {
    */
   ctrlCommand(op: number, devId: number, queueId: number, data0: bigint, buf: Buffer | null): Promise<number>;
   Queue: NativeQueueConstructor;
+  /**
+   * Sends from and receives into a registered buffer over a socket pair, with plain
+   * SEND/RECV and IORING_RECVSEND_FIXED_BUF (Linux 7.2): 0 when both work, else the errno.
+   */
+  probeFixedBufferIo(): number;
 }

@@ -25,6 +25,8 @@ export interface UblkQueueOptions {
   ioctlEncode: boolean;
   /** Requests in flight at most on a socket attached to the queue's ring (0, the default: none). */
   socketSlots?: number;
+  /** The device has UBLK_F_AUTO_BUF_REG: zero copy between the requests' pages and the socket (NativeQueueOptions.zeroCopy). */
+  zeroCopy?: boolean;
   native?: UblkNative;
 }
 
@@ -111,6 +113,7 @@ export class UblkQueue {
         charFd: opts.charFd,
         ioctlEncode: opts.ioctlEncode,
         socketSlots: opts.socketSlots ?? 0,
+        zeroCopy: opts.zeroCopy ?? false,
       });
     } catch (err) {
       throw toUblkError(err, { devId: opts.devId, qid: opts.qid });

@@ -35,6 +35,11 @@ describe('device: ublk features (real kernel)', function () {
     assert.ok((used & UblkFlag.USER_RECOVERY) !== 0n, 'USER_RECOVERY');
     assert.ok((used & UblkFlag.USER_RECOVERY_REISSUE) !== 0n, 'USER_RECOVERY_REISSUE');
     assert.strictEqual(used & ~features, 0n, 'the device uses nothing the kernel does not offer');
+    // Zero copy only ever runs on the ring transport (data-path.ktest.ts); the default is the stream.
+    if (process.env.NETDISK_TEST_TRANSPORT !== 'ring') {
+      assert.strictEqual(listed.dataPath, 'copy', '`list --json` dataPath of a stream device');
+      assert.strictEqual(daemonLog(dev.id).find((l) => l.msg.startsWith('data path:'))?.msg, 'data path: copy');
+    }
 
     const rec = readRecord(dev.id);
     assert.deepStrictEqual(rec?.kernelFeatures, offered, 'the record\'s kernelFeatures');

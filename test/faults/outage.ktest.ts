@@ -157,7 +157,7 @@ describe('faults: store, network and daemon failures under fio (real kernel)', f
     tl.mark(`daemon (pid ${dev.pid}) killed (kill -9)`);
     await waitFor('the daemon to die', () => !pidAlive(dev.pid), 30_000, 20);
     const waiting = (await listDevices()).find((d) => d.id === dev.id);
-    tl.mark(`list: state ${waiting?.state ?? '?'}, daemon alive ${String(waiting?.daemonAlive)}`);
+    tl.mark(`list: state ${waiting?.state ?? '?'}, daemon alive ${String(waiting?.daemonAlive)}, data path ${waiting?.dataPath ?? '?'}`);
     await sleep(3000); // the I/O waits meanwhile
     const rec = await cliOk(['recover', String(dev.id), '--json'], { timeoutMs: 120_000 });
     const info = JSON.parse(rec.stdout.trim().split('\n').pop() as string) as { pid: number; recovered: boolean };
@@ -176,6 +176,9 @@ describe('faults: store, network and daemon failures under fio (real kernel)', f
     const live = (await listDevices()).find((d) => d.id === dev.id);
     assert.strictEqual(live?.state, 'live');
     assert.strictEqual(live?.pid, info.pid);
+    // Zero copy (7.x, ring transport) or copy: the recovered daemon runs the device's own.
+    assert.strictEqual(live?.dataPath, waiting?.dataPath, 'the data path after recover');
+    assert.ok(daemonLog(dev.id).some((l) => l.msg === `data path: ${String(live?.dataPath)}`), 'the recovered daemon logs its data path');
     await umountDelFsck(mnt, dev.id, store.image);
     await assertKernelLogClean(mark);
   });

@@ -3,6 +3,7 @@
 // request descriptors, hands them over in one wake-up as the ring's poll callback would,
 // and sees each commit as the kernel would receive it. It keeps the addon's rules: a
 // commit of a tag that holds no request throws a RangeError, close() empties the buffers.
+import { EOPNOTSUPP } from '../../src/errno';
 import { IO_DESC_SIZE } from '../../src/ublk/constants';
 import type { NativeQueue, NativeQueueOptions, UblkNative } from '../../src/native/load';
 
@@ -40,6 +41,8 @@ export class FakeKernelQueue implements NativeQueue {
   static native(created: (q: FakeKernelQueue) => void = () => undefined): UblkNative {
     return {
       ctrlCommand: () => Promise.reject(new Error('the fake kernel has no control device')),
+      // No ublk here: no pages to register, so no zero copy.
+      probeFixedBufferIo: () => EOPNOTSUPP,
       Queue: class {
         constructor(o: NativeQueueOptions) {
           const q = new FakeKernelQueue(o);

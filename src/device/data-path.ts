@@ -1,0 +1,36 @@
+// Which data path a device runs: 'copy' (the kernel copies each request's data into and
+// out of the queue's tag buffers) or 'zero copy' (UBLK_F_AUTO_BUF_REG: the queue's ring
+// sends and receives the request's own pages, addon/nbd-ring.h). Zero copy needs the ring
+// transport on a clear-text connection: only a socket on the queue's own ring reaches the
+// registered pages, and TLS keeps the stream transport, which reads the tag buffers.
+import type { DeviceConfig } from './config';
+import { UblkFlag, zeroCopySupport } from '../ublk';
+
+export type DataPath = 'copy' | 'zero copy';
+
+export interface DataPathChoice {
+  path: DataPath;
+  /** Why, for the log line that names the path. */
+  reason: string;
+}
+
+/** The data path a new device takes: zero copy wherever the config and the kernel allow it. */
+export function chooseDataPath(config: DeviceConfig, features: bigint | null): DataPathChoice {
+  const conflict = zeroCopyConflict(config);
+  if (conflict !== null) return { path: 'copy', reason: conflict };
+  const s = zeroCopySupport(features);
+  if (!s.ok) return { path: 'copy', reason: s.reason };
+  return { path: 'zero copy', reason: 'UBLK_F_AUTO_BUF_REG and io_uring send/receive from registered buffers' };
+}
+
+/** Why a device cannot run in zero copy with this config; null: it can. */
+export function zeroCopyConflict(config: DeviceConfig): string | null {
+  if (config.transport !== 'ring') return `the ${config.transport ?? 'stream'} transport`;
+  if (config.remote.tls) return 'TLS keeps the stream transport';
+  return null;
+}
+
+/** The data path of a device added with these UBLK_F_* flags. */
+export function dataPathOf(flags: bigint): DataPath {
+  return (flags & UblkFlag.AUTO_BUF_REG) !== 0n ? 'zero copy' : 'copy';
+}
