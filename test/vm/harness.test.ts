@@ -161,6 +161,7 @@ describe('test/vm harness: a kernel that dies during its boot', function () {
 
   before(function () {
     if (!vmCheck().ok) {
+      // As above: no nested VM inside the VM; anywhere else a missing harness is a failure.
       if (inVm()) this.skip();
       throw new Error('the test VM cannot start here');
     }
