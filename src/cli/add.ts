@@ -34,7 +34,7 @@ ${DEVICE_USAGE}
                  every device FILE lists (e.g. ${DEVICES_FILE}), one daemon each; a device
                  already live is left as it is. FILE: one device a line, "ID STORE [OPTIONS]",
                  OPTIONS as NAME=VALUE,... of queues, depth, max-io, timeout, fail-after, transport,
-                 metrics, export`;
+                 zero-copy, metrics, export`;
 
 export async function add(argv: string[]): Promise<number> {
   const { values, positionals } = parse(argv, {

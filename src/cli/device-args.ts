@@ -1,6 +1,8 @@
 // The device settings on the command line (add, and bench which passes them to add) and in
 // the devices file: parsed in one place into the DeviceConfig shape, defaults from its one table.
-import { DATA_TRANSPORTS, DEVICE_DEFAULTS, DEVICE_LIMITS, type DataTransport, type DeviceSettings } from '../device/config';
+import {
+  DATA_TRANSPORTS, DEVICE_DEFAULTS, DEVICE_LIMITS, ZERO_COPY_MODES, type DataTransport, type DeviceSettings, type ZeroCopyMode,
+} from '../device/config';
 import { formatSize, parseSize } from '../size';
 import { parseIntArg } from './args';
 import { METRICS_USAGE, parseMetricsArg } from './metrics-arg';
@@ -13,6 +15,7 @@ export const DEVICE_OPTIONS = {
   timeout: { type: 'string' },
   'fail-after': { type: 'string' },
   transport: { type: 'string' },
+  'zero-copy': { type: 'string' },
   metrics: { type: 'string' },
 } as const;
 
@@ -33,6 +36,10 @@ export const DEVICE_USAGE = `  --queues N     queues, each with its own thread a
                  how each connection moves its bytes after the handshake: Node's socket
                  stream, or the queue's own io_uring beside its ublk commands (TLS always
                  takes the stream) (default ${D.transport})
+  --zero-copy ${ZERO_COPY_MODES.join('|')}
+                 auto: the ring transport moves each request's own pages to and from the
+                 socket where the kernel allows it (7.2 and later); off: copy mode there
+                 too, to compare the two (default ${D.zeroCopy})
   ${METRICS_USAGE}
                  (none by default; a recovered daemon serves them at the same address)`;
 
@@ -67,6 +74,12 @@ export function parseDeviceArgs(values: DeviceArgs, base = process.cwd()): Parti
       throw new UsageError(`--transport must be one of ${DATA_TRANSPORTS.join(', ')}, not "${values.transport}"`);
     }
     out.transport = values.transport as DataTransport;
+  }
+  if (values['zero-copy'] !== undefined) {
+    if (!(ZERO_COPY_MODES as readonly string[]).includes(values['zero-copy'])) {
+      throw new UsageError(`--zero-copy must be one of ${ZERO_COPY_MODES.join(', ')}, not "${values['zero-copy']}"`);
+    }
+    out.zeroCopy = values['zero-copy'] as ZeroCopyMode;
   }
   const metrics = parseMetricsArg(values.metrics, base);
   if (metrics !== undefined) out.metrics = metrics;

@@ -27,6 +27,12 @@ export interface DeviceConfig {
    */
   transport: DataTransport;
   /**
+   * 'auto': zero copy wherever the transport and the kernel allow it (src/device/data-path.ts);
+   * 'off': copy mode even there, to compare the two on one kernel. Absent in records written
+   * before it existed: auto.
+   */
+  zeroCopy: ZeroCopyMode;
+  /**
    * Where the daemon serves Prometheus metrics (add --metrics), as it bound it; absent:
    * nowhere. Kept in the record so that a recovered daemon serves them at the same place.
    */
@@ -35,6 +41,9 @@ export interface DeviceConfig {
 
 export type DataTransport = 'stream' | 'ring';
 export const DATA_TRANSPORTS: readonly DataTransport[] = ['stream', 'ring'];
+
+export type ZeroCopyMode = 'auto' | 'off';
+export const ZERO_COPY_MODES: readonly ZeroCopyMode[] = ['auto', 'off'];
 
 /** Everything but where the store is. */
 export type DeviceSettings = Omit<DeviceConfig, 'remote'>;
@@ -49,10 +58,11 @@ export const DEVICE_DEFAULTS: Readonly<DeviceSettings> = {
   // The stream until the ring transport has passed every kernel test (issue: the data path
   // on the queue's io_uring).
   transport: 'stream',
+  zeroCopy: 'auto',
 };
 
 /** Inclusive bounds of each setting. */
-export const DEVICE_LIMITS: Readonly<Record<Exclude<keyof DeviceSettings, 'transport' | 'metrics'>, { min: number; max: number }>> = {
+export const DEVICE_LIMITS: Readonly<Record<Exclude<keyof DeviceSettings, 'transport' | 'zeroCopy' | 'metrics'>, { min: number; max: number }>> = {
   queues: { min: 1, max: 64 },
   // UBLK_MAX_QUEUE_DEPTH
   depth: { min: 1, max: 4096 },

@@ -244,12 +244,14 @@ export class DeviceDaemon {
     const dataPath = dataPathOf(dev.flags);
     const conflict = dataPath === 'zero copy' ? zeroCopyConflict(this.config) : null;
     if (conflict !== null) throw new DaemonError(`ublk device ${this.devId} runs in zero copy, which needs the ring transport on a clear-text connection, not ${conflict}`);
-    const reason = this.dataPathChoice?.reason ?? `the device was added ${dataPath === 'zero copy' ? 'with' : 'without'} UBLK_F_AUTO_BUF_REG`;
+    // A recovering daemon keeps the reason its device was added with.
+    const reason = this.dataPathChoice?.reason ?? old?.dataPathReason
+      ?? `the device was added ${dataPath === 'zero copy' ? 'with' : 'without'} UBLK_F_AUTO_BUF_REG`;
     this.log.info({ dev: this.devId, dataPath, reason }, `data path: ${dataPath}`);
     const rec: DeviceRecord = {
       id: this.devId, config: this.config, size: deviceBytes, export: info, pid: process.pid, created: old?.created ?? new Date().toISOString(),
       ...(this.opts.logFile ? { logFile: this.opts.logFile } : {}),
-      flags, ...(kernelFeatures ? { kernelFeatures } : {}),
+      flags, ...(kernelFeatures ? { kernelFeatures } : {}), dataPathReason: reason,
     };
     writeRecord(rec);
     for (let qid = 0; qid < dev.nrHwQueues; qid++) {

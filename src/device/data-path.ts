@@ -3,10 +3,14 @@
 // sends and receives the request's own pages, addon/nbd-ring.h). Zero copy needs the ring
 // transport on a clear-text connection: only a socket on the queue's own ring reaches the
 // registered pages, and TLS keeps the stream transport, which reads the tag buffers.
+// `--zero-copy off` keeps copy mode where zero copy would run, so that one kernel can
+// measure both.
 import type { DeviceConfig } from './config';
 import { UblkFlag, zeroCopySupport } from '../ublk';
 
 export type DataPath = 'copy' | 'zero copy';
+
+export const ZERO_COPY_OFF_REASON = 'turned off by --zero-copy off';
 
 export interface DataPathChoice {
   path: DataPath;
@@ -18,6 +22,8 @@ export interface DataPathChoice {
 export function chooseDataPath(config: DeviceConfig, features: bigint | null): DataPathChoice {
   const conflict = zeroCopyConflict(config);
   if (conflict !== null) return { path: 'copy', reason: conflict };
+  // Records written before the setting existed have none: auto.
+  if (config.zeroCopy === 'off') return { path: 'copy', reason: ZERO_COPY_OFF_REASON };
   const s = zeroCopySupport(features);
   if (!s.ok) return { path: 'copy', reason: s.reason };
   return { path: 'zero copy', reason: 'UBLK_F_AUTO_BUF_REG and io_uring send/receive from registered buffers' };

@@ -23,6 +23,8 @@ export interface DeviceView {
   flags: FlagSet | null;
   /** 'zero copy' when the device has UBLK_F_AUTO_BUF_REG, else 'copy' (data-path.ts); null: flags unknown. */
   dataPath: DataPath | null;
+  /** Why (e.g. 'turned off by --zero-copy off'), as the daemon logged it; null: not recorded. */
+  dataPathReason: string | null;
   /** UBLK_F_* this kernel offers (GET_FEATURES), else what the record kept. */
   kernelFeatures: FlagSet | null;
 }
@@ -83,6 +85,7 @@ function view(id: number, info: DevInfo | undefined, rec: DeviceRecord | undefin
     daemonAlive: pid !== null && pidAlive(pid),
     flags,
     dataPath: flags ? dataPathOf(BigInt(flags.mask)) : null,
+    dataPathReason: rec?.dataPathReason ?? null,
     kernelFeatures: features !== null ? flagSet(features) : rec?.kernelFeatures ?? null,
   };
 }

@@ -28,6 +28,8 @@ export interface DeviceRecord {
   flags?: FlagSet;
   /** UBLK_F_* the kernel offers (GET_FEATURES); absent on kernels without GET_FEATURES. */
   kernelFeatures?: FlagSet;
+  /** Why the device runs its data path (data-path.ts), as the daemon logged it; absent in older records. */
+  dataPathReason?: string;
 }
 
 export function runDir(): string {

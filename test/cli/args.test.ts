@@ -32,15 +32,19 @@ describe('cli: shared argument parsers', () => {
 
   it('parseDeviceArgs: only what was given, in DeviceConfig units; the defaults fill the rest', () => {
     assert.deepStrictEqual(parseDeviceArgs({}), {});
-    assert.deepStrictEqual(parseDeviceArgs({ queues: '2', depth: '64', 'max-io': '1M', timeout: '5', 'fail-after': '0', transport: 'ring' }),
-      { queues: 2, depth: 64, maxIoBufBytes: 1048576, timeoutMs: 5000, failAfterMs: 0, transport: 'ring' });
+    assert.deepStrictEqual(parseDeviceArgs({ queues: '2', depth: '64', 'max-io': '1M', timeout: '5', 'fail-after': '0', transport: 'ring', 'zero-copy': 'off' }),
+      { queues: 2, depth: 64, maxIoBufBytes: 1048576, timeoutMs: 5000, failAfterMs: 0, transport: 'ring', zeroCopy: 'off' });
     assert.deepStrictEqual({ ...DEVICE_DEFAULTS, ...parseDeviceArgs({ timeout: '0' }) },
-      { queues: 1, depth: 128, maxIoBufBytes: 524288, timeoutMs: 0, failAfterMs: 180000, transport: 'stream' });
+      { queues: 1, depth: 128, maxIoBufBytes: 524288, timeoutMs: 0, failAfterMs: 180000, transport: 'stream', zeroCopy: 'auto' });
+    assert.deepStrictEqual(parseDeviceArgs({ 'zero-copy': 'auto' }), { zeroCopy: 'auto' });
     assert.throws(() => parseDeviceArgs({ 'max-io': '6K' }), /--max-io must be a multiple of 4K between 4K and 32M/);
     assert.throws(() => parseDeviceArgs({ 'max-io': '64M' }), /--max-io must be a multiple of 4K/);
     assert.throws(() => parseDeviceArgs({ depth: '4097' }), /--depth must be between 1 and 4096/);
     assert.throws(() => parseDeviceArgs({ 'fail-after': '604801' }), /--fail-after must be between 0 and 604800/);
     assert.throws(() => parseDeviceArgs({ transport: 'tcp' }), /--transport must be one of stream, ring, not "tcp"/);
+    for (const v of ['on', 'OFF', '', 'no']) {
+      assert.throws(() => parseDeviceArgs({ 'zero-copy': v }), (e: Error) => e instanceof UsageError && e.message === `--zero-copy must be one of auto, off, not "${v}"`, v);
+    }
   });
 
   it('parseDeviceArgs: --metrics as HOST:PORT, :PORT (loopback) or unix:PATH, a relative PATH from the base given', () => {

@@ -24,10 +24,13 @@ describe('cli: the devices file', function () {
       '12  nbd+unix:///d?socket=../run/nbd.sock',
       '13  nbd://store.example/m  metrics=:9100',
       '14  nbd://store.example/n  depth=8,metrics=unix:../run/14.metrics.sock',
+      '15  nbd://store.example/z  transport=ring,zero-copy=off',
     ].join('\n');
     const devs = parseDevices(text, F);
-    assert.deepStrictEqual(devs.map((d) => [d.id, d.line]), [[0, 3], [7, 4], [12, 5], [13, 6], [14, 7]]);
-    const [a, b, c, m, n] = devs;
+    assert.deepStrictEqual(devs.map((d) => [d.id, d.line]), [[0, 3], [7, 4], [12, 5], [13, 6], [14, 7], [15, 8]]);
+    const [a, b, c, m, n, z] = devs;
+    assert.deepStrictEqual([z?.config.transport, z?.config.zeroCopy], ['ring', 'off']);
+    assert.strictEqual(a?.config.zeroCopy, 'auto');
     assert.strictEqual(a?.config.metrics, undefined);
     assert.deepStrictEqual(m?.config.metrics, { host: '127.0.0.1', port: 9100 });
     // Like the URI's files, a metrics socket is relative to the file.
@@ -61,7 +64,8 @@ describe('cli: the devices file', function () {
     ['0 nbds://h/?tls-frob=1', /:1: unknown query parameter "tls-frob"/],
     ['0 h:1 queues=99', /:1: queues must be between 1 and 64, not 99$/],
     ['0 h:1 depth', /:1: option "depth" is not NAME=VALUE$/],
-    ['0 h:1 colour=blue', /:1: unknown option "colour" \(queues, depth, max-io, timeout, fail-after, transport, metrics, export\)$/],
+    ['0 h:1 colour=blue', /:1: unknown option "colour" \(queues, depth, max-io, timeout, fail-after, transport, zero-copy, metrics, export\)$/],
+    ['0 h:1 zero-copy=on', /:1: zero-copy must be one of auto, off, not "on"$/],
     ['0 h:1 metrics=9100', /:1: metrics needs a port: HOST:PORT, :PORT or unix:PATH, not "9100"$/],
     ['0 h:1 metrics=unix:', /:1: metrics unix: needs a PATH$/],
     ['0 h:1 metrics=:1,metrics=:2', /:1: option metrics is given twice$/],

@@ -4,7 +4,8 @@
 // 6.12 has neither (copy), 7.x (7.2 and later) both (zero copy). The daemon's log line,
 // `list --json` and the device's flags must agree, and bytes written in either mode must
 // read back as written, from the device and from the store's image. (The stream transport
-// runs copy on every kernel: features.ktest.ts checks that on its device.)
+// runs copy on every kernel: features.ktest.ts checks that on its device.) `--zero-copy off`
+// keeps a ring device in copy mode where zero copy would run, and says so.
 import * as assert from 'assert';
 import * as os from 'os';
 import * as path from 'path';
@@ -12,6 +13,7 @@ import * as fs from 'fs';
 import { EINVAL } from '../../src/errno';
 import { loadUblk } from '../../src/native/load';
 import { UblkFlag } from '../../src/ublk';
+import { ZERO_COPY_OFF_REASON } from '../../src/device/data-path';
 import {
   MiB, assertKernelLogClean, assertNoDevices, daemonLog, deviceSuite, listDevices, markKernelLog, ok, randomFile, readDevice,
 } from './helpers';
@@ -44,6 +46,7 @@ describe('device: copy or zero copy, chosen at start-up (real kernel)', function
     assert.ok(line, 'the daemon logs its data path');
     assert.strictEqual(line.msg, `data path: ${expected}`);
     console.log(`      ${line.msg} (${String(line.reason)})`);
+    assert.strictEqual(listed.dataPathReason, line.reason, '`list --json` dataPathReason is the logged reason');
 
     // Sizes across the ways a payload travels: 4 KiB, a whole 512 KiB request, 2 MiB that
     // the kernel splits into max-io requests, at offsets that are not request-aligned.
@@ -61,6 +64,28 @@ describe('device: copy or zero copy, chosen at start-up (real kernel)', function
       const data = fs.readFileSync(path.join(e.dir, `w-${c.at}.bin`));
       assert.ok(img.subarray(c.at, c.at + data.length).equals(data), `the store's image holds the ${c.bs}-byte writes at ${c.at}`);
     }
+    await assertNoDevices();
+    await assertKernelLogClean(mark);
+  });
+
+  it('--zero-copy off: a ring device runs copy, says why, and its writes read back intact', async function () {
+    const e = env();
+    const mark = markKernelLog(this.test?.fullTitle() ?? 'zero copy off');
+    const image = path.join(e.dir, 'zero-copy-off.img');
+    const server = await e.serve(image, { size: `${EXPORT_BYTES / MiB}M` });
+    const dev = await e.add(server.port, ['--transport', 'ring', '--zero-copy', 'off']);
+    const listed = (await listDevices()).find((d) => d.id === dev.id);
+    assert.ok(listed?.flags, '`list --json` shows the device and its flags');
+    assert.deepStrictEqual([listed.dataPath, listed.dataPathReason], ['copy', ZERO_COPY_OFF_REASON], '`list --json` dataPath and dataPathReason');
+    assert.strictEqual(BigInt(listed.flags.mask) & UblkFlag.AUTO_BUF_REG, 0n, 'no UBLK_F_AUTO_BUF_REG in the device\'s flags');
+    const line = daemonLog(dev.id).find((l) => l.msg.startsWith('data path:'));
+    assert.deepStrictEqual([line?.msg, line?.reason], ['data path: copy', ZERO_COPY_OFF_REASON], 'the daemon\'s data path line');
+    const file = path.join(e.dir, 'zc-off.bin');
+    const data = randomFile(file, 2 * MiB);
+    await ok('dd', [`if=${file}`, `of=${dev.device}`, 'bs=512K', `seek=${MiB}`, 'oflag=direct,seek_bytes', 'conv=fsync', 'status=none'], { timeoutMs: 180_000 });
+    assert.ok((await readDevice(dev.device, MiB, data.length, e.dir)).equals(data), 'the writes read back from the device as written');
+    await e.del(dev.id);
+    assert.ok(fs.readFileSync(image).subarray(MiB, MiB + data.length).equals(data), 'the store\'s image holds the writes');
     await assertNoDevices();
     await assertKernelLogClean(mark);
   });
