@@ -1,15 +1,23 @@
-// An SVG chart of a benchmark run, one row per store: QD1 latency percentiles of both
-// devices side by side (log scale), IOPS bars, MB/s bars. Bars are medians; whiskers span
+// An SVG chart of a benchmark run, one row per store: QD1 latency percentiles of every
+// device side by side (log scale), IOPS bars, MB/s bars. Bars are medians; whiskers span
 // the runs' min to max. Plain SVG text, no dependencies.
 import type { Metric } from './cases';
-import { CLIENT_TITLE, type ClientKind } from './devices';
-import { summaryOf } from './report';
+import { deviceKeys, summaryOf } from './report';
 import type { BenchResults, StoreRun } from './results';
 import type { Summary } from './stats';
 import { STORE_TITLE } from './stores';
 
-const COLORS: Record<ClientKind, string> = { ublk: '#1f77b4', nbd: '#ff7f0e' };
-const CLIENTS: ClientKind[] = ['ublk', 'nbd'];
+// Kernel nbd keeps its orange; ours take blue, then green, purple, brown.
+const NBD_COLOR = '#ff7f0e';
+const OUR_COLORS = ['#1f77b4', '#2ca02c', '#9467bd', '#8c564b', '#e377c2', '#17becf'];
+
+/** Each device's colour by key: ours in order, kernel nbd orange. */
+function colorsOf(run: StoreRun): Map<string, string> {
+  const m = new Map<string, string>();
+  deviceKeys(run, 'ublk').forEach((k, i) => m.set(k, OUR_COLORS[i % OUR_COLORS.length] as string));
+  m.set('nbd', NBD_COLOR);
+  return m;
+}
 
 interface Group {
   label: string;
@@ -118,7 +126,9 @@ function panelSvg(run: StoreRun, p: Panel, x0: number, y0: number): string[] {
   const plotW = p.width - left - 8;
   const plotTop = y0 + 22;
   const plotBottom = y0 + ROW_HEIGHT - 50;
-  const sums: Array<Array<Summary>> = p.groups.map((g) => CLIENTS.map((c) => summaryOf(run, g.caseId, c, g.metric)));
+  const devices = deviceKeys(run);
+  const colors = colorsOf(run);
+  const sums: Array<Array<Summary>> = p.groups.map((g) => devices.map((c) => summaryOf(run, g.caseId, c, g.metric)));
   const all = sums.flat().flatMap((s) => [s.median, s.max]);
   const sc = makeScale(all, p.log, plotTop, plotBottom);
   out.push(`<text x="${x0 + p.width / 2}" y="${y0 + 12}" text-anchor="middle" font-weight="bold">${esc(p.title)}</text>`);
@@ -130,15 +140,15 @@ function panelSvg(run: StoreRun, p: Panel, x0: number, y0: number): string[] {
   out.push(`<line x1="${plotX}" x2="${plotX}" y1="${plotTop}" y2="${plotBottom}" stroke="#888"/>`);
   out.push(`<line x1="${plotX}" x2="${plotX + plotW}" y1="${plotBottom}" y2="${plotBottom}" stroke="#888"/>`);
   const gw = plotW / p.groups.length;
-  const bw = Math.min(26, (gw - 10) / CLIENTS.length);
+  const bw = Math.min(26, (gw - 10) / devices.length);
   p.groups.forEach((g, gi) => {
-    const gx = plotX + gi * gw + (gw - bw * CLIENTS.length) / 2;
-    CLIENTS.forEach((c, ci) => {
+    const gx = plotX + gi * gw + (gw - bw * devices.length) / 2;
+    devices.forEach((c, ci) => {
       const s = sums[gi]?.[ci];
       if (!s || s.n === 0) return;
       const x = gx + ci * bw;
       const y = sc.y(s.median);
-      out.push(`<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(bw - 2).toFixed(1)}" height="${Math.max(0, plotBottom - y).toFixed(1)}" fill="${COLORS[c]}"><title>${esc(`${CLIENT_TITLE[c]} ${g.label}: ${fmtValue(s.median)} (${fmtValue(s.min)}–${fmtValue(s.max)})`)}</title></rect>`);
+      out.push(`<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(bw - 2).toFixed(1)}" height="${Math.max(0, plotBottom - y).toFixed(1)}" fill="${colors.get(c) ?? '#999'}"><title>${esc(`${run.devices[c]?.title ?? c} ${g.label}: ${fmtValue(s.median)} (${fmtValue(s.min)}–${fmtValue(s.max)})`)}</title></rect>`);
       if (s.n > 1) {
         const cx = (x + (bw - 2) / 2).toFixed(1);
         out.push(`<line x1="${cx}" x2="${cx}" y1="${sc.y(s.min).toFixed(1)}" y2="${sc.y(s.max).toFixed(1)}" stroke="#222"/>`);
@@ -159,10 +169,16 @@ export function renderChart(res: BenchResults): string {
     `<text x="10" y="20" font-size="14" font-weight="bold">${esc(`netdisk-ublk vs kernel nbd, same store — ${res.env.date}, kernel ${res.env.kernel}${res.env.inVm ? ' (test VM, qemu TCG)' : ''}`)}</text>`,
   ];
   let lx = 10;
-  for (const c of CLIENTS) {
-    out.push(`<rect x="${lx}" y="32" width="12" height="12" fill="${COLORS[c]}"/>`);
-    out.push(`<text x="${lx + 16}" y="42">${esc(CLIENT_TITLE[c])}</text>`);
-    lx += 120;
+  // Every store has the same devices: the first names them.
+  const first = res.stores[0];
+  if (first) {
+    const colors = colorsOf(first);
+    for (const k of deviceKeys(first)) {
+      const title = first.devices[k]?.title ?? k;
+      out.push(`<rect x="${lx}" y="32" width="12" height="12" fill="${colors.get(k) ?? '#999'}"/>`);
+      out.push(`<text x="${lx + 16}" y="42">${esc(title)}</text>`);
+      lx += Math.max(120, 16 + Math.ceil(title.length * 6.5) + 14);
+    }
   }
   out.push(`<text x="${lx}" y="42" fill="#555">bars: median of ${res.settings.runs} runs; whiskers: min–max</text>`);
   res.stores.forEach((run, ri) => {

@@ -1,7 +1,8 @@
 // The Markdown report of a benchmark run: settings, one table per store (median and
-// min-max of the runs, the ublk/nbd ratio, the target where there is one) and the targets.
+// min-max of the runs, each of our devices' ratio to kernel nbd, the target where there is
+// one) and the targets.
 import { CASES, METRIC_LABEL, type BenchCase, type Metric } from './cases';
-import { CLIENT_TITLE, type ClientKind, type QueueSettings } from './devices';
+import { CLIENT_TITLE, type ClientKind, type QueueSettings, type UblkVariant } from './devices';
 import type { BenchResults, StoreRun } from './results';
 import { summarize, type Summary } from './stats';
 import { STORE_TITLE } from './stores';
@@ -28,13 +29,24 @@ export function targetFor(caseId: string, metric: Metric): Target | undefined {
   return TARGETS.find((t) => t.caseId === caseId && t.metric === metric);
 }
 
-export function summaryOf(run: StoreRun, caseId: string, client: ClientKind, metric: Metric): Summary {
-  return summarize((run.samples[caseId]?.[client] ?? []).map((s) => s[metric]));
+export function summaryOf(run: StoreRun, caseId: string, device: string, metric: Metric): Summary {
+  return summarize((run.samples[caseId]?.[device] ?? []).map((s) => s[metric]));
 }
 
-/** ublk/nbd of the medians. */
-export function ratio(run: StoreRun, caseId: string, metric: Metric): number {
-  return summaryOf(run, caseId, 'ublk', metric).median / summaryOf(run, caseId, 'nbd', metric).median;
+/** The keys of run's devices of this kind, in the report's order (ours first). */
+export function deviceKeys(run: StoreRun, kind?: ClientKind): string[] {
+  return Object.keys(run.devices).filter((k) => kind === undefined || run.devices[k]?.kind === kind);
+}
+
+/** One of ours / kernel nbd, of the medians. */
+export function ratio(run: StoreRun, caseId: string, device: string, metric: Metric): number {
+  return summaryOf(run, caseId, device, metric).median / summaryOf(run, caseId, 'nbd', metric).median;
+}
+
+/** A device's name in a ratio's heading: 'ublk' alone, else its title without 'netdisk-ublk'. */
+function ratioLabel(run: StoreRun, key: string): string {
+  const ours = deviceKeys(run, 'ublk');
+  return ours.length === 1 ? 'ublk' : (run.devices[key]?.title ?? key).replace(`${CLIENT_TITLE.ublk} `, '');
 }
 
 export function targetMet(t: Target, r: number): boolean {
@@ -61,21 +73,24 @@ function caseOf(id: string): BenchCase {
 }
 
 function storeTable(run: StoreRun, cases: string[]): string[] {
+  const all = deviceKeys(run);
+  const ours = deviceKeys(run, 'ublk');
   const lines = [
-    `| case | metric | ${CLIENT_TITLE.ublk} | ${CLIENT_TITLE.nbd} | ublk / nbd | target |`,
-    '|---|---|---:|---:|---:|---|',
+    `| case | metric | ${all.map((k) => run.devices[k]?.title ?? k).join(' | ')} | ${ours.map((k) => `${ratioLabel(run, k)} / nbd`).join(' | ')} | target |`,
+    `|---|---|${all.map(() => '---:|').join('')}${ours.map(() => '---:|').join('')}---|`,
   ];
   for (const id of cases) {
     const c = caseOf(id);
     for (const m of c.metrics) {
-      const u = summaryOf(run, id, 'ublk', m);
-      const n = summaryOf(run, id, 'nbd', m);
-      const r = u.median / n.median;
+      const rs = ours.map((k) => ratio(run, id, k, m));
       const t = targetFor(id, m);
       let target = '';
-      if (t && Number.isFinite(r)) target = `${t.max !== undefined ? `≤ ${t.max}` : `≥ ${t.min}`} ${targetMet(t, r) ? 'met' : '**not met**'}`;
-      const rText = Number.isFinite(r) ? r.toFixed(2) : '–';
-      lines.push(`| ${c.title} | ${METRIC_LABEL[m]} | ${fmtSummary(u, m)} | ${fmtSummary(n, m)} | ${rText} | ${target} |`);
+      if (t && rs.some((r) => Number.isFinite(r))) {
+        target = `${t.max !== undefined ? `≤ ${t.max}` : `≥ ${t.min}`} ` +
+          rs.map((r) => (!Number.isFinite(r) ? '–' : targetMet(t, r) ? 'met' : '**not met**')).join(', ');
+      }
+      const rText = rs.map((r) => (Number.isFinite(r) ? r.toFixed(2) : '–'));
+      lines.push(`| ${c.title} | ${METRIC_LABEL[m]} | ${all.map((k) => fmtSummary(summaryOf(run, id, k, m), m)).join(' | ')} | ${rText.join(' | ')} | ${target} |`);
     }
   }
   return lines;
@@ -104,13 +119,32 @@ export function targetLines(res: BenchResults): string[] {
   for (const t of TARGETS) {
     if (!res.settings.cases.includes(t.caseId)) continue;
     const parts = res.stores.map((run) => {
-      const r = ratio(run, t.caseId, t.metric);
-      return `${STORE_TITLE[run.store]} ${Number.isFinite(r) ? r.toFixed(2) : '–'}${Number.isFinite(r) ? (targetMet(t, r) ? ' (met)' : ' (not met)') : ''}`;
+      const ours = deviceKeys(run, 'ublk');
+      const each = ours.map((k) => {
+        const r = ratio(run, t.caseId, k, t.metric);
+        const text = `${Number.isFinite(r) ? r.toFixed(2) : '–'}${Number.isFinite(r) ? (targetMet(t, r) ? ' (met)' : ' (not met)') : ''}`;
+        return ours.length === 1 ? text : `${ratioLabel(run, k)} ${text}`;
+      });
+      return `${STORE_TITLE[run.store]}${ours.length === 1 ? ' ' : ': '}${each.join(', ')}`;
     });
     const want = t.max !== undefined ? `≤ ${t.max}x` : `≥ ${t.min}x`;
     out.push(`- ${caseOf(t.caseId).title}, ${METRIC_LABEL[t.metric]}: ublk/nbd ${want} kernel nbd: ${parts.join('; ')}`);
   }
   return out;
+}
+
+function variantLines(variants: UblkVariant[]): string[] {
+  if (variants.length === 1) {
+    const t = variants[0]?.settings.transport;
+    const zc = variants[0]?.settings.zeroCopy;
+    return [
+      ...(t ? [`- netdisk-ublk's connection on the **${t} transport** (\`add --transport ${t}\`).`] : []),
+      ...(zc === 'off' ? ['- netdisk-ublk with **zero copy turned off** (`add --zero-copy off`).'] : []),
+    ];
+  }
+  return [`- netdisk-ublk in ${variants.length} configurations, a device each, all attached to the store and taking turns with ` +
+    'kernel nbd case by case (each case starts with the next device); while one device is measured, the other devices\' ' +
+    'daemons are stopped (SIGSTOP), so one netdisk-ublk daemon runs at a time and each keeps its warm-up.'];
 }
 
 export function renderMarkdown(res: BenchResults, chartFile: string | undefined): string {
@@ -130,8 +164,8 @@ export function renderMarkdown(res: BenchResults, chartFile: string | undefined)
       `(after an unrecorded warm-up of ${s.warmupSeconds} s over all cases on both devices); ` +
       'the devices take turns case by case (the order flips every case and every run). Latency is fio\'s total latency ' +
       '(`lat_ns`: submission plus completion), as the kernel nbd client does its sending inside the submit call.',
-    `- Cells: **median** of the runs (min–max). Ratio: ublk median / nbd median.`,
-    ...(s.transport ? [`- netdisk-ublk's connection on the **${s.transport} transport** (\`add --transport ${s.transport}\`).`] : []),
+    `- Cells: **median** of the runs (min–max). Ratio: ${s.variants.length > 1 ? 'each netdisk-ublk device\'s' : 'ublk'} median / nbd median.`,
+    ...variantLines(s.variants),
     ...(s.tls ? ['- **netdisk-ublk over TLS** (nbds://, PSK; the store offers TLS with `--tls on`); kernel nbd in clear text (it has no TLS of its own).'] : []),
     `- Load average (1, 5, 15 min) ${e.inVm ? 'in the VM' : ''} at start ${loadText(e.load.start)}, at end ${loadText(e.load.end)}` +
       (e.host ? `; on the host before ${loadText(e.host.loadBefore)}${e.host.loadAfter ? `, after ${loadText(e.host.loadAfter)}` : ''}` : '') + '.',
@@ -139,9 +173,8 @@ export function renderMarkdown(res: BenchResults, chartFile: string | undefined)
   ];
   for (const run of res.stores) {
     out.push(`## Store: ${STORE_TITLE[run.store]}`, '', `Store: \`${run.command}\``, '');
-    for (const k of ['ublk', 'nbd'] as ClientKind[]) {
-      const d = run.devices[k];
-      if (d) out.push(`- ${CLIENT_TITLE[k]}: \`${d.command}\` → ${d.path}: ${settingsText(d.settings)}${d.dataPath ? `; data path: **${d.dataPath}**` : ''}`);
+    for (const d of Object.values(run.devices)) {
+      out.push(`- ${d.title}: \`${d.command}\` → ${d.path}: ${settingsText(d.settings)}${d.dataPath ? `; data path: **${d.dataPath}**` : ''}`);
     }
     out.push('', ...storeTable(run, s.cases), '');
   }

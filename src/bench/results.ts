@@ -1,24 +1,31 @@
 // The data of one benchmark run, as written to results/*.json and read by the reports.
 import type { Metric } from './cases';
-import type { ClientKind, QueueSettings } from './devices';
+import type { ClientKind, QueueSettings, UblkVariant } from './devices';
 import type { Sample } from './fio';
 import type { StoreKind } from './stores';
-import type { DataTransport } from '../device/config';
+import type { DataTransport, ZeroCopyMode } from '../device/config';
 
 export interface DeviceInfo {
+  kind: ClientKind;
+  /** What the report calls it: 'kernel nbd', 'netdisk-ublk', or with several of ours e.g. 'netdisk-ublk ring, zero copy'. */
+  title: string;
   command: string;
   path: string;
   settings: QueueSettings;
   /** netdisk-ublk's data path as `list --json` shows it ('copy', 'zero copy'); absent for kernel nbd. */
   dataPath?: string;
+  /** netdisk-ublk's transport and zero-copy setting (add --transport, --zero-copy). */
+  transport?: DataTransport;
+  zeroCopy?: ZeroCopyMode;
 }
 
 export interface StoreRun {
   store: StoreKind;
   command: string;
-  devices: Partial<Record<ClientKind, DeviceInfo>>;
-  /** samples[caseId][client] = one Sample per run, in run order. */
-  samples: Record<string, Partial<Record<ClientKind, Sample[]>>>;
+  /** By key ('ublk', or one per configuration of ours, e.g. 'ublk-ring'; 'nbd'), ours first. */
+  devices: Record<string, DeviceInfo>;
+  /** samples[caseId][device key] = one Sample per run, in run order. */
+  samples: Record<string, Record<string, Sample[]>>;
 }
 
 export interface Environment {
@@ -58,8 +65,8 @@ export interface BenchSettings {
   nbdBlockSize: number;
   /** netdisk-ublk's connection used TLS (PSK); kernel nbd's did not. */
   tls?: 'psk';
-  /** netdisk-ublk's data path as given to bench (`add --transport`); undefined: add's default. */
-  transport?: DataTransport;
+  /** netdisk-ublk's configurations, each a device of its own (`add --transport`, `--zero-copy`; unset: add's default). */
+  variants: UblkVariant[];
 }
 
 export interface BenchResults {

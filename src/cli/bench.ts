@@ -1,10 +1,12 @@
 // netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--stores LIST] [--cases LIST]
-//                    [--queues N] [--depth N] [--max-io SIZE] [--nbd-connections N] [--nbd-block-size N]
-//                    [--size SIZE] [--dir DIR] [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION] [--tls]
+//                    [--queues N] [--depth N] [--max-io SIZE] [--transport LIST] [--zero-copy LIST]
+//                    [--nbd-connections N] [--nbd-block-size N] [--size SIZE] [--dir DIR]
+//                    [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION] [--tls]
 //
-// Latency and throughput of netdisk-ublk's /dev/ublkbN against the kernel nbd client's
-// /dev/nbdN, both attached to one and the same store. Where this kernel has no ublk (or no
-// nbd), the device part runs in the project's test VM (test/vm/run.sh), as scripts/demo.sh does.
+// Latency and throughput of netdisk-ublk's /dev/ublkbN (one device per configuration asked
+// for) against the kernel nbd client's /dev/nbdN, all attached to one and the same store.
+// Where this kernel has no ublk (or no nbd), the device part runs in the project's test VM
+// (test/vm/run.sh), as scripts/demo.sh does.
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -13,14 +15,15 @@ import { randomBytes } from 'crypto';
 import { CASES, findCases, type BenchCase } from '../bench/cases';
 import { renderChart } from '../bench/chart';
 import { renderMarkdown, renderTables, targetLines } from '../bench/report';
-import { BENCH_PSK_USER, type UblkSettings } from '../bench/devices';
+import { BENCH_PSK_USER, type UblkSettings, type UblkVariant } from '../bench/devices';
 import { runAttached, runOk } from '../bench/procs';
 import type { BenchResults, HostInfo, TsPathReport } from '../bench/results';
 import { missingPrerequisites, runBench, type Progress } from '../bench/run';
 import { STORE_TITLE, type StoreKind } from '../bench/stores';
 import { packageRoot } from '../native/load';
 import { parseSize } from '../size';
-import { DEVICE_DEFAULTS } from '../device/config';
+import { DEVICE_DEFAULTS, type DataTransport, type ZeroCopyMode } from '../device/config';
+import { transportCanZeroCopy } from '../device/data-path';
 import { ublkAvailable } from '../ublk';
 import { parse, parseIntArg } from './args';
 import { DEVICE_OPTIONS, parseDeviceArgs } from './device-args';
@@ -29,8 +32,9 @@ import { helpText } from './help';
 
 export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--seconds S] [--ramp S] [--warmup S]
                           [--stores serve,nbdkit] [--cases ID,...] [--queues N] [--depth N] [--max-io SIZE]
-                          [--transport stream|ring] [--nbd-connections N] [--nbd-block-size N] [--size SIZE] [--dir DIR]
-                          [--out DIR | --no-out] [--no-ts-path] [--kernel 6.12|7|VERSION] [--tls]
+                          [--transport stream|ring,...] [--zero-copy auto|off,...] [--nbd-connections N]
+                          [--nbd-block-size N] [--size SIZE] [--dir DIR] [--out DIR | --no-out] [--no-ts-path]
+                          [--kernel 6.12|7|VERSION] [--tls]
   Measures netdisk-ublk's /dev/ublkbN against the kernel nbd client's /dev/nbdN (nbd-client),
   both attached to the same store: \`netdisk-ublk serve\` (an image in --dir), then \`nbdkit memory\`.
   fio (libaio, direct I/O, total latency) runs every case --runs times, the devices taking turns.
@@ -39,12 +43,18 @@ export const BENCH_USAGE = `usage: netdisk-ublk bench [--quick] [--runs N] [--se
   --quick              one run of 3 s per case (a check, not a result)
   --runs N             runs of every case (default 3)
   --seconds S          measured seconds per case (default 8), after --ramp S (default 1)
-  --warmup S           unrecorded seconds spread over all cases on both devices first
+  --warmup S           unrecorded seconds spread over all cases on every device first
                        (default 30 in the test VM, whose emulated CPU makes JIT warm-up slow; 3 natively)
   --stores LIST        serve, nbdkit or both (default serve,nbdkit)
   --cases LIST         ${CASES.map((c) => c.id).join(', ')}
-  --queues N, --depth N, --max-io SIZE, --transport stream|ring
+  --queues N, --depth N, --max-io SIZE
                        passed to \`netdisk-ublk add\` (default: add's defaults)
+  --transport LIST, --zero-copy LIST
+                       passed to \`netdisk-ublk add\`; a list (--transport ring,stream) measures one
+                       netdisk-ublk device per transport in the same run, each against kernel nbd,
+                       the devices taking turns case by case and only the measured one's daemon
+                       running; --zero-copy auto,off does the same for the ring transport
+                       (the stream transport always copies) (default: add's defaults)
   --nbd-connections N  nbd-client -C (default: as many as ublk queues)
   --nbd-block-size N   nbd-client -b (default 512, the logical block netdisk-ublk gets from both stores)
   --size SIZE          store size (default 256M)
@@ -68,6 +78,8 @@ interface BenchPlan {
   stores: StoreKind[];
   cases: BenchCase[];
   ublk: UblkSettings;
+  /** Our configurations (--transport, --zero-copy lists), a device each. */
+  variants: UblkVariant[];
   nbdConnections: number;
   nbdBlockSize: number;
   sizeBytes: number;
@@ -123,6 +135,7 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     depth: DEVICE_OPTIONS.depth,
     'max-io': DEVICE_OPTIONS['max-io'],
     transport: DEVICE_OPTIONS.transport,
+    'zero-copy': DEVICE_OPTIONS['zero-copy'],
     'nbd-connections': { type: 'string' },
     'nbd-block-size': { type: 'string' },
     size: { type: 'string' },
@@ -147,7 +160,8 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
   } catch (err) {
     throw new UsageError(`bench: ${(err as Error).message}`);
   }
-  const { queues, depth, maxIoBufBytes, transport } = parseDeviceArgs(values);
+  const { queues, depth, maxIoBufBytes } = parseDeviceArgs({ queues: values.queues, depth: values.depth, 'max-io': values['max-io'] });
+  const variants = benchVariants(values.transport, values['zero-copy']);
   const nbdBlockSize = parseIntArg(values['nbd-block-size'], '--nbd-block-size', 512, 4096) ?? 512;
   if (![512, 1024, 2048, 4096].includes(nbdBlockSize)) throw new UsageError('bench: --nbd-block-size must be 512, 1024, 2048 or 4096');
   let sizeBytes = 256 * 2 ** 20;
@@ -168,7 +182,8 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     warmup: parseIntArg(values.warmup, '--warmup', 0, 3600) ?? (process.env.NETDISK_IN_VM === '1' ? (quick ? 12 : 30) : 3),
     stores: stores as StoreKind[],
     cases,
-    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIoBufBytes ? { maxIoBufBytes } : {}), ...(transport ? { transport } : {}) },
+    ublk: { ...(queues ? { queues } : {}), ...(depth ? { depth } : {}), ...(maxIoBufBytes ? { maxIoBufBytes } : {}) },
+    variants,
     nbdConnections: parseIntArg(values['nbd-connections'], '--nbd-connections', 1, 64) ?? queues ?? DEVICE_DEFAULTS.queues,
     nbdBlockSize,
     sizeBytes,
@@ -180,6 +195,40 @@ function parseBenchArgs(argv: string[]): BenchPlan | 'help' {
     kernel: values.kernel,
     tls: values.tls ?? false,
   };
+}
+
+/**
+ * Our configurations from --transport LIST and --zero-copy LIST: every transport, and on a
+ * transport that can run zero copy, every zero-copy setting (the stream transport always
+ * copies: it runs once). One configuration is keyed 'ublk' as it always was; several are
+ * keyed by what tells them apart, e.g. 'ublk-ring' and 'ublk-stream'.
+ */
+export function benchVariants(transportList: string | undefined, zeroCopyList: string | undefined): UblkVariant[] {
+  const listOf = <T extends string>(text: string | undefined, option: 'transport' | 'zero-copy'): Array<T | undefined> => {
+    if (text === undefined) return [undefined];
+    const items = text.split(',').map((x) => x.trim());
+    const seen = new Set<string>();
+    return items.map((item) => {
+      if (seen.has(item)) throw new UsageError(`bench: --${option} lists "${item}" twice`);
+      seen.add(item);
+      return parseDeviceArgs({ [option]: item })[option === 'transport' ? 'transport' : 'zeroCopy'] as T;
+    });
+  };
+  const transports = listOf<DataTransport>(transportList, 'transport');
+  const zeroCopies = listOf<ZeroCopyMode>(zeroCopyList, 'zero-copy');
+  const canZeroCopy = (t: DataTransport | undefined): boolean => transportCanZeroCopy(t ?? DEVICE_DEFAULTS.transport);
+  if (zeroCopies.length > 1 && !transports.some(canZeroCopy)) {
+    throw new UsageError(`bench: --zero-copy ${zeroCopyList ?? ''} compares nothing on the ${transports.map((t) => t ?? DEVICE_DEFAULTS.transport).join(', ')} transport (only ring can run zero copy): add --transport ring`);
+  }
+  const out: UblkVariant[] = [];
+  for (const transport of transports) {
+    for (const [i, zeroCopy] of zeroCopies.entries()) {
+      if (i > 0 && !canZeroCopy(transport)) continue;
+      const key = ['ublk', ...(transports.length > 1 ? [transport] : []), ...(zeroCopies.length > 1 && canZeroCopy(transport) ? [`zero-copy-${zeroCopy}`] : [])].join('-');
+      out.push({ key, settings: { ...(transport ? { transport } : {}), ...(zeroCopy ? { zeroCopy } : {}) } });
+    }
+  }
+  return out;
 }
 
 /** The devices are here: measure them (and the TS part, unless the host side did), write the files. */
@@ -202,6 +251,7 @@ async function benchHere(plan: BenchPlan, log: (m: string) => void, progress: Pr
     dir: plan.dir,
     cli: path.join(packageRoot(), 'bin', 'netdisk-ublk.js'),
     ublk: plan.ublk,
+    variants: plan.variants,
     nbd: { connections: plan.nbdConnections, blockSize: plan.nbdBlockSize },
     ...(tls ? { tls } : {}),
     command: host?.command ?? plan.command,

@@ -5,7 +5,7 @@
 // registered pages, and TLS keeps the stream transport, which reads the tag buffers.
 // `--zero-copy off` keeps copy mode where zero copy would run, so that one kernel can
 // measure both.
-import type { DeviceConfig } from './config';
+import type { DataTransport, DeviceConfig } from './config';
 import { UblkFlag, zeroCopySupport } from '../ublk';
 
 export type DataPath = 'copy' | 'zero copy';
@@ -29,9 +29,14 @@ export function chooseDataPath(config: DeviceConfig, features: bigint | null): D
   return { path: 'zero copy', reason: 'UBLK_F_AUTO_BUF_REG and io_uring send/receive from registered buffers' };
 }
 
+/** Whether a connection on this transport can reach the registered pages (TLS aside). */
+export function transportCanZeroCopy(t: DataTransport): boolean {
+  return t === 'ring';
+}
+
 /** Why a device cannot run in zero copy with this config; null: it can. */
 export function zeroCopyConflict(config: DeviceConfig): string | null {
-  if (config.transport !== 'ring') return `the ${config.transport ?? 'stream'} transport`;
+  if (!transportCanZeroCopy(config.transport ?? 'stream')) return `the ${config.transport ?? 'stream'} transport`;
   if (config.remote.tls) return 'TLS keeps the stream transport';
   return null;
 }
