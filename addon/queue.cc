@@ -103,8 +103,14 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       if (!zc.IsBoolean()) throw Napi::TypeError::New(env, "options.zeroCopy must be a boolean");
       zeroCopy_ = zc.As<Napi::Boolean>().Value();
     }
+    if (opts.Has("userCopy")) {
+      Napi::Value uc = opts.Get("userCopy");
+      if (!uc.IsBoolean()) throw Napi::TypeError::New(env, "options.userCopy must be a boolean");
+      userCopy_ = uc.As<Napi::Boolean>().Value();
+    }
     // Only a socket on this ring can reach the registered pages.
     if (zeroCopy_ && socketSlots_ == 0) throw Napi::TypeError::New(env, "options.zeroCopy needs socketSlots");
+    if (userCopy_ && !zeroCopy_) throw Napi::TypeError::New(env, "options.userCopy needs zeroCopy");
     Napi::Value encode = opts.Get("ioctlEncode");
     if (!encode.IsBoolean()) throw Napi::TypeError::New(env, "options.ioctlEncode must be a boolean");
     bool ioctlEncode = encode.As<Napi::Boolean>().Value();
@@ -176,7 +182,8 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       // The table the kernel's auto registration fills: one empty slot per tag.
       rc = io_uring_register_buffers_sparse(&ring_, depth_);
       if (rc < 0) throw ErrnoError(env, -rc, "io_uring_register");
-      fixed_ = FixedBuffers{static_cast<const uint8_t*>(tags_->addr), stride_, depth_, bufBytes_};
+      fixed_ = FixedBuffers{static_cast<const uint8_t*>(tags_->addr), stride_, depth_, bufBytes_,
+                            userCopy_ ? charFd_ : -1, qid_};
     }
 
     state_.assign(depth_, kIdle);
@@ -627,6 +634,9 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   uint32_t socketSlots_ = 0;
   // The device has UBLK_F_AUTO_BUF_REG: requests' pages are this ring's fixed buffers.
   bool zeroCopy_ = false;
+  // It also has UBLK_F_USER_COPY: small READ payloads are staged and written into the
+  // requests' pages with pwrite (nbd-ring.h).
+  bool userCopy_ = false;
   FixedBuffers fixed_;
   uint32_t fetchOp_ = 0;
   uint32_t commitOp_ = 0;

@@ -74,6 +74,17 @@ static_assert(kIoFetchReqEncoded == 0xc0107520u);
 // UBLK_AUTO_BUF_REG_FALLBACK (flags bit 0) is not used: nothing here registers by hand.
 constexpr uint64_t AutoBufRegAddr(uint16_t index) { return uint64_t{index}; }
 
+// UBLK_F_USER_COPY (Linux 6.5): pread/pwrite on /dev/ublkcN at this offset read a WRITE
+// request's data or write a READ request's data, byte `offset` of the request that tag `tag`
+// of queue `qid` holds (UBLKSRV_IO_BUF_OFFSET, UBLK_IO_BUF_BITS 25, UBLK_TAG_BITS 16). The
+// kernel checks the direction and bounds the copy to the request's length.
+constexpr uint64_t kUserCopyOffset = 0x80000000ull;
+constexpr unsigned kUserCopyTagShift = 25;
+constexpr unsigned kUserCopyQidShift = kUserCopyTagShift + 16;
+constexpr uint64_t UserCopyPos(uint16_t qid, uint16_t tag, uint32_t offset) {
+  return kUserCopyOffset + (uint64_t{qid} << kUserCopyQidShift) + (uint64_t{tag} << kUserCopyTagShift) + offset;
+}
+
 // Results of FETCH_REQ/COMMIT_AND_FETCH_REQ completions. Only ABORT means the
 // tag is finished: the device is stopping and the command must not be re-issued.
 constexpr int kIoResOk = 0;

@@ -17,7 +17,7 @@ import {
 import { newQueueCounters, readCounters, type DeviceCounters } from '../stats/device-counters';
 import { deviceGeometry, unsupportedConstraints } from './capabilities';
 import { remoteAddress, type DeviceConfig } from './config';
-import { chooseDataPath, dataPathOf, zeroCopyConflict, type DataPathChoice } from './data-path';
+import { ZERO_COPY_FLAGS, chooseDataPath, dataPathOf, zeroCopyConflict, type DataPathChoice } from './data-path';
 import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './queue-worker';
 import { readRecord, removeRecord, writeRecord, type DeviceRecord } from './state';
 
@@ -122,7 +122,7 @@ export class DeviceDaemon {
     const ctrl = this.ctrl as UblkCtrl;
     this.dataPathChoice = chooseDataPath(c, ctrl.features);
     const flags = (ctrl.features === null ? RECOVERY_FLAGS : RECOVERY_FLAGS & ctrl.features)
-      | (this.dataPathChoice.path === 'zero copy' ? UblkFlag.AUTO_BUF_REG : 0n);
+      | (this.dataPathChoice.path === 'zero copy' ? ZERO_COPY_FLAGS : 0n);
     try {
       const dev = await ctrl.addDev({
         id: this.opts.id ?? -1, queues, depth: c.depth, maxIoBufBytes: c.maxIoBufBytes, flags, ublksrvFlags: NETDISK_MARK,
@@ -260,6 +260,7 @@ export class DeviceDaemon {
       this.workers.push(this.spawnQueue({
         devId: this.devId, qid, charFd: this.charFd, ioctlEncode: ctrl.ioctlEncode, expect: info, config: this.config, counters, recovering,
         zeroCopy: dataPath === 'zero copy',
+        userCopy: dataPath === 'zero copy' && (dev.flags & UblkFlag.USER_COPY) !== 0n,
       }));
     }
     await Promise.all(this.workers.map((w) => waitStarted(w)));

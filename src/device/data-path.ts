@@ -12,6 +12,14 @@ export type DataPath = 'copy' | 'zero copy';
 
 export const ZERO_COPY_OFF_REASON = 'turned off by --zero-copy off';
 
+/**
+ * The flags of a zero-copy device: AUTO_BUF_REG makes each request's pages a fixed buffer
+ * of the queue's ring; USER_COPY beside it lets the ring receive many small READ replies at
+ * once into a staging buffer and pwrite their payloads into the requests' pages, where a
+ * payload received in place costs a receive per reply (addon/nbd-ring.h).
+ */
+export const ZERO_COPY_FLAGS = UblkFlag.AUTO_BUF_REG | UblkFlag.USER_COPY;
+
 export interface DataPathChoice {
   path: DataPath;
   /** Why, for the log line that names the path. */

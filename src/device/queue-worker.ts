@@ -33,6 +33,8 @@ export interface QueueWorkerData {
   recovering: boolean;
   /** The device has UBLK_F_AUTO_BUF_REG: the queue's ring moves the requests' own pages (data-path.ts). */
   zeroCopy: boolean;
+  /** It also has UBLK_F_USER_COPY: small READ payloads are staged and copied into the requests' pages. */
+  userCopy: boolean;
 }
 
 /** From the daemon: the device is being stopped. */
@@ -58,6 +60,7 @@ async function main(): Promise<void> {
     q = new UblkQueue({
       devId: d.devId, qid: d.qid, depth: d.config.depth, maxIoBufBytes: d.config.maxIoBufBytes, charFd: d.charFd,
       ioctlEncode: d.ioctlEncode, socketSlots: ring ? d.config.depth : 0, zeroCopy: d.zeroCopy,
+      userCopy: d.userCopy,
     });
   } catch (err) {
     post({ type: 'failed', message: (err as Error).message });

@@ -25,6 +25,13 @@ export interface NativeQueueOptions {
    * themselves then hold nothing). Needs socketSlots.
    */
   zeroCopy?: boolean;
+  /**
+   * The device also has UBLK_F_USER_COPY: while no READ larger than 16 KiB is in flight,
+   * the socket's replies are received many at a time into a staging buffer and a small READ's
+   * payload is written into its request's pages by pwrite on charFd (addon/nbd-ring.h).
+   * Needs zeroCopy.
+   */
+  userCopy?: boolean;
 }
 
 /**

@@ -27,6 +27,8 @@ export interface UblkQueueOptions {
   socketSlots?: number;
   /** The device has UBLK_F_AUTO_BUF_REG: zero copy between the requests' pages and the socket (NativeQueueOptions.zeroCopy). */
   zeroCopy?: boolean;
+  /** The device also has UBLK_F_USER_COPY (NativeQueueOptions.userCopy). */
+  userCopy?: boolean;
   native?: UblkNative;
 }
 
@@ -114,6 +116,7 @@ export class UblkQueue {
         ioctlEncode: opts.ioctlEncode,
         socketSlots: opts.socketSlots ?? 0,
         zeroCopy: opts.zeroCopy ?? false,
+        userCopy: opts.userCopy ?? false,
       });
     } catch (err) {
       throw toUblkError(err, { devId: opts.devId, qid: opts.qid });

@@ -5,7 +5,10 @@
 // `list --json` and the device's flags must agree, and bytes written in either mode must
 // read back as written, from the device and from the store's image. (The stream transport
 // runs copy on every kernel: features.ktest.ts checks that on its device.) `--zero-copy off`
-// keeps a ring device in copy mode where zero copy would run, and says so.
+// keeps a ring device in copy mode where zero copy would run, and says so. In zero copy the
+// device also has UBLK_F_USER_COPY: small READs' payloads are staged and written into their
+// requests' pages while large ones land in place; fio's verify pass reads a mix of both at
+// depth 32, so replies of both kinds arrive back to back in one receive.
 import * as assert from 'assert';
 import * as os from 'os';
 import * as path from 'path';
@@ -15,7 +18,7 @@ import { loadUblk } from '../../src/native/load';
 import { UblkFlag } from '../../src/ublk';
 import { ZERO_COPY_OFF_REASON } from '../../src/device/data-path';
 import {
-  MiB, assertKernelLogClean, assertNoDevices, daemonLog, deviceSuite, listDevices, markKernelLog, ok, randomFile, readDevice,
+  MiB, assertKernelLogClean, assertNoDevices, daemonLog, deviceSuite, listDevices, markKernelLog, ok, randomFile, readDevice, run,
 } from './helpers';
 
 const EXPORT_BYTES = 64 * MiB;
@@ -42,6 +45,7 @@ describe('device: copy or zero copy, chosen at start-up (real kernel)', function
     assert.ok(listed?.flags, '`list --json` shows the device and its flags');
     assert.strictEqual(listed.dataPath, expected, '`list --json` dataPath');
     assert.strictEqual((BigInt(listed.flags.mask) & UblkFlag.AUTO_BUF_REG) !== 0n, expected === 'zero copy', 'UBLK_F_AUTO_BUF_REG in the device\'s flags');
+    assert.strictEqual((BigInt(listed.flags.mask) & UblkFlag.USER_COPY) !== 0n, expected === 'zero copy', 'UBLK_F_USER_COPY in the device\'s flags');
     const line = daemonLog(dev.id).find((l) => l.msg.startsWith('data path:'));
     assert.ok(line, 'the daemon logs its data path');
     assert.strictEqual(line.msg, `data path: ${expected}`);
@@ -58,6 +62,16 @@ describe('device: copy or zero copy, chosen at start-up (real kernel)', function
       const back = await readDevice(dev.device, c.at, data.length, e.dir);
       assert.ok(back.equals(data), `${c.bs}-byte writes at ${c.at} read back from the device as written`);
     }
+    // READs of 4 KiB to 512 KiB in flight together (verify pass at depth 32), in a region
+    // the writes above do not touch.
+    const fio = await run('fio', [
+      '--name=mixed-verify', `--filename=${dev.device}`, '--offset=16M', '--size=16M', '--rw=randwrite',
+      '--bssplit=4k/50:8k/10:16k/10:64k/20:512k/10', '--ioengine=libaio', '--iodepth=32', '--direct=1',
+      '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json',
+    ], { timeoutMs: 300_000 });
+    assert.strictEqual(fio.code, 0, `fio write+verify of mixed sizes failed:\n${fio.stderr}\n${fio.stdout}`);
+    const job = (JSON.parse(fio.stdout.slice(fio.stdout.indexOf('{'))) as { jobs: { read: { io_bytes: number } }[] }).jobs[0];
+    assert.strictEqual(job?.read.io_bytes, 16 * MiB, 'fio read back and verified all it wrote');
     await e.del(dev.id);
     const img = fs.readFileSync(image);
     for (const c of cases) {

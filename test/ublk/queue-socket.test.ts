@@ -84,6 +84,8 @@ describe('ublk addon: a socket on the queue\'s ring', () => {
       assert.throws(() => new Queue({ qid: 0, depth: 1, bufBytes: 4096, charFd: fd, ioctlEncode: false, socketSlots: 4097 }), RangeError);
       // Zero copy reaches the requests' pages only through a socket on the queue's ring.
       assert.throws(() => new Queue({ qid: 0, depth: 1, bufBytes: 4096, charFd: fd, ioctlEncode: false, zeroCopy: true }), /zeroCopy needs socketSlots/);
+      // User copy only serves the zero-copy path (staged READ payloads into the requests' pages).
+      assert.throws(() => new Queue({ qid: 0, depth: 1, bufBytes: 4096, charFd: fd, ioctlEncode: false, socketSlots: 1, userCopy: true }), /userCopy needs zeroCopy/);
       const plain = new Queue({ qid: 0, depth: 1, bufBytes: 4096, charFd: fd, ioctlEncode: false });
       assert.throws(() => plain.attachSocket(0, Buffer.alloc(32)), /without socketSlots/);
       plain.close();
