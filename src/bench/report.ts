@@ -143,7 +143,7 @@ function variantLines(variants: UblkVariant[]): string[] {
     ];
   }
   return [`- netdisk-ublk in ${variants.length} configurations, a device each, all attached to the store and taking turns with ` +
-    'kernel nbd case by case (each case starts with the next device); while one device is measured, the other devices\' ' +
+    'kernel nbd case by case; while one device is measured, the other devices\' ' +
     'daemons are stopped (SIGSTOP), so one netdisk-ublk daemon runs at a time and each keeps its warm-up.'];
 }
 
@@ -161,8 +161,8 @@ export function renderMarkdown(res: BenchResults, chartFile: string | undefined)
     `- Kernel ${e.kernel}, ${where}.`,
     `- Versions: ${Object.entries(e.versions).map(([k, v]) => `${k} ${v}`).join(', ')}.`,
     `- fio: libaio, direct I/O, one job, ${s.seconds} s per case after ${s.rampSeconds} s of ramp, ${s.runs} run${s.runs === 1 ? '' : 's'} of every case ` +
-      `(after an unrecorded warm-up of ${s.warmupSeconds} s over all cases on both devices); ` +
-      'the devices take turns case by case (the order flips every case and every run). Latency is fio\'s total latency ' +
+      `(after an unrecorded warm-up of ${s.warmupSeconds} s over all cases on ${s.variants.length > 1 ? 'every device' : 'both devices'}); ` +
+      `the devices take turns case by case (${s.variants.length > 1 ? 'each case starts with the next device' : 'the order flips every case and every run'}). Latency is fio's total latency ` +
       '(`lat_ns`: submission plus completion), as the kernel nbd client does its sending inside the submit call.',
     `- Cells: **median** of the runs (min–max). Ratio: ${s.variants.length > 1 ? 'each netdisk-ublk device\'s' : 'ublk'} median / nbd median.`,
     ...variantLines(s.variants),

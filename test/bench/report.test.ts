@@ -50,6 +50,7 @@ describe('bench: report and chart', () => {
     assert.match(md, /^- netdisk-ublk's connection on the \*\*ring transport\*\* \(`add --transport ring`\)\.$/m);
     assert.match(md, /^- netdisk-ublk: `ublk command` → \/dev\/ublkb0: .*; data path: \*\*copy\*\*$/m);
     assert.doesNotMatch(md, /SIGSTOP/);
+    assert.match(md, /warm-up of 30 s over all cases on both devices\); the devices take turns case by case \(the order flips every case and every run\)/);
   });
 
   it('several of ours: a column and a ratio to kernel nbd each, named by transport and data path, in the chart too', () => {
@@ -78,6 +79,7 @@ describe('bench: report and chart', () => {
       '- 1 MiB sequential read, QD8, MB/s: ublk/nbd ≥ 0.9x kernel nbd: nbdkit memory: ring, zero copy 0.97 (met), stream, copy 0.64 (not met)',
     ]);
     const md = renderMarkdown(res, 'chart.svg');
+    assert.match(md, /warm-up of 30 s over all cases on every device\); the devices take turns case by case \(each case starts with the next device\)/);
     assert.match(md, /^- netdisk-ublk in 2 configurations, a device each, .* stopped \(SIGSTOP\), so one netdisk-ublk daemon runs at a time/m);
     assert.match(md, /^- netdisk-ublk ring, zero copy: `ublk command` → \/dev\/ublkb0: .*; data path: \*\*zero copy\*\*$/m);
     assert.match(md, /^- netdisk-ublk stream, copy: `ublk command` .*; data path: \*\*copy\*\*$/m);
