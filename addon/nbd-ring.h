@@ -107,6 +107,8 @@ class NbdRing {
 
   // The connection a CQE of ours belongs to.
   static uint32_t ConnOf(uint64_t userData) { return static_cast<uint32_t>(userData >> 32) & kConnMask; }
+  // Whether a CQE of ours is a send's (a receive's otherwise).
+  static bool IsSend(uint64_t userData) { return static_cast<uint32_t>(userData >> 56 & 0x7f) == kSend; }
   // SQEs a connection of `slots` can have prepared at once: a chain of every slot and the receive.
   static uint32_t MaxSqesFor(uint32_t slots, bool zeroCopy) { return MaxSendSqes(slots, zeroCopy) + 1; }
 

@@ -275,14 +275,12 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       state_[tag] = kInKernel;
       prepared++;
     }
-    if (nbd_ != nullptr && !nbd_->failed()) {
-      nbd_->PrepareSends(&ring_);
-      nbd_->PrepareRecv(&ring_);
-    }
+    PrepareSocket();
     // Also what a wake-up prepared and left for this commit (the socket's receive).
     if (prepared > 0 || io_uring_sq_ready(&ring_) > 0) {
       int rc = Submit();
       if (rc < 0) throw ErrnoError(env, -rc, "io_uring_enter");
+      ReapSends();
     }
     if (problem != nullptr) throw Napi::RangeError::New(env, problem);
     return env.Undefined();
@@ -395,14 +393,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     if (nbd_->inFlight() > 0) retired_.push_back(std::move(nbd_));
     nbd_.reset();
     // Requests the reaping took off the ring reach JS on the next wake-up: make one.
-    if (nReady_ > 0 && ringUp_) {
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-      if (sqe != nullptr) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data64(sqe, kOwnUserData);
-        Submit();
-      }
-    }
+    if (nReady_ > 0 && ringUp_) Wake();
     if (finished_ == depth_ && polling_ && retired_.empty()) {
       polling_ = false;
       poll_.Stop();
@@ -434,6 +425,49 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       if (rc < 0 && rc != -ETIME && rc != -EINTR) break;
       Reap();
     }
+  }
+
+  // A send to a socket with room completes inside the io_uring_enter that submitted it, its
+  // CQE first in line. Taken here, such CQEs leave the ring fd unreadable, so the loop does
+  // not wake up for them alone: one epoll_pwait and one loop turn less per request at QD1
+  // (bench/results/profile-2026-11-30.md). Stops at the first other CQE (a request, a
+  // receive): those make the wake-up that hands them to JS.
+  void ReapSends() {
+    for (int round = 0; round < 4 && nbd_ != nullptr && !nbd_->failed(); round++) {
+      unsigned head, seen = 0;
+      io_uring_cqe* cqe;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        uint64_t ud = cqe->user_data;
+        if ((ud & NbdRing::kUserDataBit) == 0 || !NbdRing::IsSend(ud) || NbdRing::ConnOf(ud) != nbd_->conn()) break;
+        nbd_->OnCqe(cqe);
+        seen++;
+      }
+      io_uring_cq_advance(&ring_, seen);
+      if (seen == 0) return;
+      if (nbd_->failed()) {
+        // A failed send: JS must hear of it, and only a wake-up tells it.
+        Wake();
+        return;
+      }
+      // Sends that waited for the chain just completed go now (and may complete at once too).
+      if (nbd_->PrepareSends(&ring_) == 0 || Submit() < 0) return;
+    }
+  }
+
+  // Prepares the attached socket's next sends and receive, unless it failed.
+  void PrepareSocket() {
+    if (nbd_ == nullptr || nbd_->failed()) return;
+    nbd_->PrepareSends(&ring_);
+    nbd_->PrepareRecv(&ring_);
+  }
+
+  // Makes the ring fd readable (a NOP's CQE): the next loop turn runs OnReadable.
+  void Wake() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) return;
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, kOwnUserData);
+    Submit();
   }
 
   // Drops everything that holds /dev/ublkcN (the ring with its registered file
@@ -573,9 +607,19 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     // prepared now and submitted by the commit the JS call below makes, with the commits
     // and new sends: one io_uring_enter per wake-up. Without a JS call, or a commit in it,
     // it is submitted here.
-    if (nbd_ != nullptr && !nbd_->failed()) {
-      nbd_->PrepareSends(&ring_);
-      nbd_->PrepareRecv(&ring_);
+    PrepareSocket();
+    // Nothing for JS yet, but a receive is prepared: a zero-copy READ's payload after its
+    // header, or the rest of a payload. Its bytes are usually in the socket already, so
+    // submitted now it completes inside this io_uring_enter and the reply reaches JS in this
+    // wake-up, not the next: one epoll_pwait and one loop turn less per such READ
+    // (bench/results/profile-2026-11-30.md). No extra system call: the submit was due
+    // anyway. Each further round needs a receive that completed at once.
+    for (int round = 0; round < 4 && nReady_ == 0 && nErrors_ == 0 && nbd_ != nullptr && !nbd_->failed() &&
+                        nbd_->replyCount() == 0 && io_uring_sq_ready(&ring_) > 0;
+         round++) {
+      if (Submit() < 0) break;
+      Reap();
+      PrepareSocket();
     }
     // -1: the socket is fine (or none is attached); else why it failed (0: the peer closed).
     int32_t failure = -1;
@@ -614,6 +658,7 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       int rc = Submit();
       if (rc < 0) Invoke(onError_, {Napi::Number::New(env, -1), Napi::Number::New(env, -rc)});
       if (closed_) return;
+      ReapSends();
     }
     for (uint32_t i = 0; i < nErrors; i++) {
       Invoke(onError_, {Napi::Number::New(env, errTags_[i]), Napi::Number::New(env, -errResults_[i])});
