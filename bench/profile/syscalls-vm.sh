@@ -25,7 +25,7 @@ transports=${*:-ring stream}
 if [ ! -e /dev/ublk-control ] && [ "${NETDISK_IN_VM:-}" != 1 ]; then
   echo "syscalls-vm: this kernel has no ublk; profiling inside the test VM" >&2
   shares=()
-  for c in ${CHECKOUTS:-}; do shares+=(--share "$c"); done
+  for c in ${CHECKOUTS:-}; do [ "$c" = "$PWD" ] || shares+=(--share "$c"); done
   exec test/vm/run.sh --kernel "${KERNEL:-6.12}" --timeout 1200 "${shares[@]}" --env TRACE="${TRACE:-0}" \
     --env CHECKOUTS="${CHECKOUTS:-}" -- bench/profile/syscalls-vm.sh "$secs" "$transports"
 fi
