@@ -233,6 +233,9 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
 
     poll_.Start(env, ring_.ring_fd, this);
     polling_ = true;
+    // IORING_FEAT_EXT_ARG: io_uring_enter waits with a timeout (liburing would otherwise
+    // add a timeout SQE of its own to the ring).
+    canLinger_ = napi_get_uv_event_loop(env, &loop_) == napi_ok && (ring_.features & IORING_FEAT_EXT_ARG) != 0;
 
     onRequests_ = Napi::Persistent(info[0].As<Napi::Function>());
     ready_ = Napi::Persistent(ready);
@@ -276,8 +279,9 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
       prepared++;
     }
     PrepareSocket();
-    // Also what a wake-up prepared and left for this commit (the socket's receive).
-    if (prepared > 0 || io_uring_sq_ready(&ring_) > 0) {
+    // Also what a wake-up prepared and left for this commit (the socket's receive). Called
+    // from a wake-up that lingers, the submit is its wait's (Linger).
+    if (!deferSubmit_ && (prepared > 0 || io_uring_sq_ready(&ring_) > 0)) {
       int rc = Submit();
       if (rc < 0) throw ErrnoError(env, -rc, "io_uring_enter");
       ReapSends();
@@ -594,14 +598,61 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   // One wake-up: reap every CQE, then one call of onEvents (and of the rare others).
   void OnReadable(int status) override {
     Napi::Env env = Env();
-    Napi::HandleScope scope(env);
     if (status < 0) {
       // The ring fd itself failed (not seen in practice): nothing more will
       // arrive through it, so report once and stop polling.
+      Napi::HandleScope scope(env);
       poll_.Stop();
       Invoke(onError_, {Napi::Number::New(env, -1), Napi::Number::New(env, -status)});
       return;
     }
+    if (Serve(env)) Linger(env);
+  }
+
+  // Whether a wake-up waits in the ring for the next CQE (Linger): only while a socket rides
+  // on it, so that every completion the queue waits for (the kernel's requests, the store's
+  // replies) arrives through the ring, and with a kernel whose io_uring_enter takes a timeout.
+  bool Lingers() const {
+    return canLinger_ && nbd_ != nullptr && !nbd_->failed() && polling_ && !stopped_ && !closed_;
+  }
+
+  // After a wake-up, the thread waits for the next CQE inside io_uring_enter, which also
+  // submits what the wake-up's JS call prepared (its commits and sends), instead of going
+  // back to the loop's epoll_wait: one system call per turn where the loop takes three or
+  // four (io_uring_enter, epoll_pwait, and the io_uring_enter of the next send or commit),
+  // and no loop turn. At QD1 that is the request's send and wait, then the commit and wait
+  // (bench/results/profile-2026-11-30.md). The loop keeps its due: the wait ends by the
+  // loop's next timer, and the loop runs at least every kLingerBudgetMs (its other handles:
+  // the worker's messages), and not at all while it has immediate work.
+  void Linger(Napi::Env env) {
+    if (!Lingers()) return;
+    uv_update_time(loop_);
+    const uint64_t start = uv_now(loop_);
+    for (;;) {
+      int next = uv_backend_timeout(loop_);
+      if (next == 0 || uv_now(loop_) - start >= kLingerBudgetMs || !Lingers()) break;
+      int64_t ms = next > 0 && next < kLingerWaitMs ? next : kLingerWaitMs;
+      __kernel_timespec ts{ms / 1000, (ms % 1000) * 1000 * 1000};
+      io_uring_cqe* cqe = nullptr;
+      int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+      uv_update_time(loop_);
+      if ((rc < 0 && rc != -ETIME && rc != -EINTR) || io_uring_cq_ready(&ring_) == 0) break;
+      if (!Serve(env)) return;
+    }
+    // What is still prepared leaves now; the loop's epoll_wait takes over.
+    if (io_uring_sq_ready(&ring_) > 0) {
+      Napi::HandleScope scope(env);
+      int rc = Submit();
+      if (rc < 0) Invoke(onError_, {Napi::Number::New(env, -1), Napi::Number::New(env, -rc)});
+      if (closed_) return;
+      ReapSends();
+    }
+  }
+
+  // One wake-up's work: reap, one call of onEvents (and of the rare others), submit. False
+  // once a callback closed the queue (nothing may touch it then).
+  bool Serve(Napi::Env env) {
+    Napi::HandleScope scope(env);
     Reap();
     // The socket's next receive (and a send chain that waited for the one in flight) is
     // prepared now and submitted by the commit the JS call below makes, with the commits
@@ -650,21 +701,25 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
     }
     // Each callback may close the queue; stop touching it once it has.
     if (nReady > 0 || nReplies > 0 || failure >= 0) {
+      // A commit in this call leaves with Linger's wait, if it waits.
+      deferSubmit_ = Lingers();
       Invoke(onRequests_, {Napi::Number::New(env, nReady), Napi::Number::New(env, nReplies),
                            Napi::Number::New(env, failure)});
-      if (closed_) return;
+      deferSubmit_ = false;
+      if (closed_) return false;
     }
-    if (io_uring_sq_ready(&ring_) > 0) {
+    if (io_uring_sq_ready(&ring_) > 0 && !Lingers()) {
       int rc = Submit();
       if (rc < 0) Invoke(onError_, {Napi::Number::New(env, -1), Napi::Number::New(env, -rc)});
-      if (closed_) return;
+      if (closed_) return false;
       ReapSends();
     }
     for (uint32_t i = 0; i < nErrors; i++) {
       Invoke(onError_, {Napi::Number::New(env, errTags_[i]), Napi::Number::New(env, -errResults_[i])});
-      if (closed_) return;
+      if (closed_) return false;
     }
     if (finished) Invoke(onStopped_, {});
+    return !closed_;
   }
 
   void Invoke(Napi::FunctionReference& fn, const std::initializer_list<napi_value>& args) {
@@ -720,6 +775,15 @@ class Queue : public Napi::ObjectWrap<Queue>, public RingPoll::Owner {
   // ready_'s elements, for reaping where no JS may run (teardown).
   uint16_t* readyData_ = nullptr;
   LoopCalls calls_;
+
+  // The loop the ring is polled on; Linger waits for CQEs in place of its epoll_wait.
+  uv_loop_t* loop_ = nullptr;
+  bool canLinger_ = false;
+  // A JS call made by a wake-up that lingers is running: its commits are submitted by the wait.
+  bool deferSubmit_ = false;
+  // Linger: the longest wait for a CQE, and how long the loop may go without a turn.
+  static constexpr int64_t kLingerWaitMs = 10;
+  static constexpr uint64_t kLingerBudgetMs = 20;
 
   bool started_ = false;
   bool polling_ = false;
