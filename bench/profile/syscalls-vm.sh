@@ -63,13 +63,19 @@ cpu() { # $1 requests: per-thread CPU between /tmp/sc-a and /tmp/sc-b
       for (k in U) printf "| %s | %.0f | %.0f |\n", k, U[k] * f, Y[k] * f;
       printf "| **all threads** | **%.0f** | **%.0f** |\n", tu * f, ty * f }' | sort -t'|' -k4 -nr
 }
+# The queue thread's voluntary context switches: each one is a sleep (a wait for the next
+# event in epoll_pwait or io_uring_enter), counted without a tracer.
+sleeps() { [ -n "$1" ] && awk '/^voluntary_ctxt_switches/ { print $2 }' /proc/$1/status || echo 0; }
 case_run() { # $1 device, $2 rw, $3 queue thread tid or ''
   snap > /tmp/sc-a
+  s0=$(sleeps $3)
   qd1 $1 $2 $secs > /tmp/sc-fio
+  s1=$(sleeps $3)
   snap > /tmp/sc-b
   read n p50 < /tmp/sc-fio
   echo "### $2: $n requests in $secs s, p50 $p50 us"
   echo
+  [ -n "$3" ] && echo "queue thread: $(awk -v a=$s0 -v b=$s1 -v n=$n 'BEGIN { printf "%.2f", (b - a) / n }') sleeps per request (voluntary context switches)" && echo
   echo "| thread | user us/request | system us/request |"
   echo "|---|---:|---:|"
   cpu $n
