@@ -45,7 +45,8 @@
 //   mode, many replies per receive, and the payload bytes of a READ that landed there are
 //   written into its request's pages with pwrite on /dev/ublkcN at the user-copy offset of
 //   its tag (one copy, as the kernel's nbd client makes). Receiving each header alone cost
-//   a receive per reply: 0.42x kernel nbd's 4 KiB QD32 read IOPS on 7.3.4.
+//   a receive per reply: 0.42x kernel nbd's 4 KiB QD32 read IOPS on 7.3.4; staged, 0.93x
+//   in a first check (bench/results/zero-copy-staged-2026-11-30.md).
 // The rule is checked when each receive is posted: a large READ sent while a staging
 // receive is in flight may have its header and first bytes staged (and copied); the rest
 // of it is received in place. Either way at most the request's own length is written into
