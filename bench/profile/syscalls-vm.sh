@@ -65,7 +65,7 @@ cpu() { # $1 requests: per-thread CPU between /tmp/sc-a and /tmp/sc-b
 }
 # The queue thread's voluntary context switches: each one is a sleep (a wait for the next
 # event in epoll_pwait or io_uring_enter), counted without a tracer.
-sleeps() { [ -n "$1" ] && awk '/^voluntary_ctxt_switches/ { print $2 }' /proc/$1/status || echo 0; }
+sleeps() { [ -n "${1:-}" ] && awk '/^voluntary_ctxt_switches/ { print $2 }' /proc/$1/status || echo 0; }
 case_run() { # $1 device, $2 rw, $3 queue thread tid or ''
   snap > /tmp/sc-a
   s0=$(sleeps $3)
