@@ -15,18 +15,40 @@ export interface Target {
   min?: number;
 }
 
-// The issue's targets, compared within one run against the same store.
-export const TARGETS: readonly Target[] = [
-  { caseId: 'randread-4k-qd1', metric: 'p50', max: 1.1 },
-  { caseId: 'randwrite-4k-qd1', metric: 'p50', max: 1.1 },
-  { caseId: 'randread-4k-qd32', metric: 'iops', min: 1.0 },
-  { caseId: 'randwrite-4k-qd32', metric: 'iops', min: 1.0 },
-  { caseId: 'read-1m-qd8', metric: 'mbps', min: 0.9 },
-  { caseId: 'write-1m-qd8', metric: 'mbps', min: 0.9 },
-];
+/** A device's data path as `list --json` names it; kernel nbd has none. */
+export type DataPath = 'copy' | 'zero copy';
 
-export function targetFor(caseId: string, metric: Metric): Target | undefined {
-  return TARGETS.find((t) => t.caseId === caseId && t.metric === metric);
+// The targets, by data path (zero copy where the kernel offers it, 7.2 and later; copy
+// elsewhere), each compared within one run against kernel nbd on the same store. Zero copy
+// moves no byte in user space, so it is held to the best C ublk server's level; copy mode
+// pays a user-space trip per request and a copy per byte, so its QD1 bound is looser and
+// it must win where batching shares that trip (QD32).
+export const TARGETS: Readonly<Record<DataPath, readonly Target[]>> = {
+  'zero copy': targetsWith(1.3, 0.9),
+  copy: targetsWith(1.6, 1.1),
+};
+
+/** QD1 p50 at most qd1Max, QD32 IOPS at least qd32Min, 64 KiB and 1 MiB MB/s at least 0.9x. */
+function targetsWith(qd1Max: number, qd32Min: number): Target[] {
+  return [
+    ...['randread-4k-qd1', 'randwrite-4k-qd1'].map((caseId): Target => ({ caseId, metric: 'p50', max: qd1Max })),
+    ...['randread-4k-qd32', 'randwrite-4k-qd32'].map((caseId): Target => ({ caseId, metric: 'iops', min: qd32Min })),
+    ...['randread-64k-qd8', 'randwrite-64k-qd8', 'read-1m-qd8', 'write-1m-qd8']
+      .map((caseId): Target => ({ caseId, metric: 'mbps', min: 0.9 })),
+  ];
+}
+
+/** The data path whose targets apply to a device of ours (results without one ran in copy mode). */
+function dataPathOf(run: StoreRun, device: string): DataPath {
+  return run.devices[device]?.dataPath === 'zero copy' ? 'zero copy' : 'copy';
+}
+
+export function targetFor(caseId: string, metric: Metric, dataPath: DataPath): Target | undefined {
+  return TARGETS[dataPath].find((t) => t.caseId === caseId && t.metric === metric);
+}
+
+function wantText(t: Target): string {
+  return t.max !== undefined ? `≤ ${t.max}` : `≥ ${t.min}`;
 }
 
 export function summaryOf(run: StoreRun, caseId: string, device: string, metric: Metric): Summary {
@@ -83,12 +105,14 @@ function storeTable(run: StoreRun, cases: string[]): string[] {
     const c = caseOf(id);
     for (const m of c.metrics) {
       const rs = ours.map((k) => ratio(run, id, k, m));
-      const t = targetFor(id, m);
-      let target = '';
-      if (t && rs.some((r) => Number.isFinite(r))) {
-        target = `${t.max !== undefined ? `≤ ${t.max}` : `≥ ${t.min}`} ` +
-          rs.map((r) => (!Number.isFinite(r) ? '–' : targetMet(t, r) ? 'met' : '**not met**')).join(', ');
-      }
+      // Each device against its own data path's target: '≤ 1.3 met, ≤ 1.6 **not met**'.
+      const judged = ours.map((k, i) => {
+        const t = targetFor(id, m, dataPathOf(run, k));
+        const r = rs[i] ?? NaN;
+        if (t === undefined) return '';
+        return `${wantText(t)} ${!Number.isFinite(r) ? '–' : targetMet(t, r) ? 'met' : '**not met**'}`;
+      });
+      const target = judged.some((j) => j !== '') && rs.some((r) => Number.isFinite(r)) ? judged.join(', ') : '';
       const rText = rs.map((r) => (Number.isFinite(r) ? r.toFixed(2) : '–'));
       lines.push(`| ${c.title} | ${METRIC_LABEL[m]} | ${all.map((k) => fmtSummary(summaryOf(run, id, k, m), m)).join(' | ')} | ${rText.join(' | ')} | ${target} |`);
     }
@@ -116,19 +140,23 @@ export function renderTables(res: BenchResults): string {
 
 export function targetLines(res: BenchResults): string[] {
   const out: string[] = [];
-  for (const t of TARGETS) {
-    if (!res.settings.cases.includes(t.caseId)) continue;
-    const parts = res.stores.map((run) => {
-      const ours = deviceKeys(run, 'ublk');
-      const each = ours.map((k) => {
-        const r = ratio(run, t.caseId, k, t.metric);
-        const text = `${Number.isFinite(r) ? r.toFixed(2) : '–'}${Number.isFinite(r) ? (targetMet(t, r) ? ' (met)' : ' (not met)') : ''}`;
-        return ours.length === 1 ? text : `${ratioLabel(run, k)} ${text}`;
+  const paths = (Object.keys(TARGETS) as DataPath[]).filter((p) =>
+    res.stores.some((run) => deviceKeys(run, 'ublk').some((k) => dataPathOf(run, k) === p)));
+  for (const path of paths) {
+    for (const t of TARGETS[path]) {
+      if (!res.settings.cases.includes(t.caseId)) continue;
+      const parts = res.stores.flatMap((run) => {
+        const ours = deviceKeys(run, 'ublk');
+        const each = ours.filter((k) => dataPathOf(run, k) === path).map((k) => {
+          const r = ratio(run, t.caseId, k, t.metric);
+          const text = `${Number.isFinite(r) ? r.toFixed(2) : '–'}${Number.isFinite(r) ? (targetMet(t, r) ? ' (met)' : ' (not met)') : ''}`;
+          return ours.length === 1 ? text : `${ratioLabel(run, k)} ${text}`;
+        });
+        if (each.length === 0) return [];
+        return [`${STORE_TITLE[run.store]}${ours.length === 1 ? ' ' : ': '}${each.join(', ')}`];
       });
-      return `${STORE_TITLE[run.store]}${ours.length === 1 ? ' ' : ': '}${each.join(', ')}`;
-    });
-    const want = t.max !== undefined ? `≤ ${t.max}x` : `≥ ${t.min}x`;
-    out.push(`- ${caseOf(t.caseId).title}, ${METRIC_LABEL[t.metric]}: ublk/nbd ${want} kernel nbd: ${parts.join('; ')}`);
+      out.push(`- ${path}: ${caseOf(t.caseId).title}, ${METRIC_LABEL[t.metric]}: ublk/nbd ${wantText(t)}x kernel nbd: ${parts.join('; ')}`);
+    }
   }
   return out;
 }

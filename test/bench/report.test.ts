@@ -39,12 +39,12 @@ describe('bench: report and chart', () => {
     }, [{ key: 'ublk', settings: { transport: 'ring' } }]);
     const table = renderTables(res);
     assert.match(table, /^\| case \| metric \| netdisk-ublk \| kernel nbd \| ublk \/ nbd \| target \|$/m);
-    // p50 medians 120 and 100: 1.20, over the 1.1 target.
-    assert.match(table, /^\| 4 KiB random read, QD1 \| p50 latency \| \*\*120\*\* µs \(100–140\) \| \*\*100\*\* µs \(100–100\) \| 1\.20 \| ≤ 1\.1 \*\*not met\*\* \|$/m);
+    // p50 medians 120 and 100: 1.20, within copy mode's 1.6.
+    assert.match(table, /^\| 4 KiB random read, QD1 \| p50 latency \| \*\*120\*\* µs \(100–140\) \| \*\*100\*\* µs \(100–100\) \| 1\.20 \| ≤ 1\.6 met \|$/m);
     assert.match(table, /^\| 1 MiB sequential read, QD8 \| MB\/s \| \*\*95\.0\*\* \(90\.0–100\) \| \*\*100\*\* \(100–100\) \| 0\.95 \| ≥ 0\.9 met \|$/m);
     assert.deepStrictEqual(targetLines(res), [
-      '- 4 KiB random read, QD1, p50 latency: ublk/nbd ≤ 1.1x kernel nbd: nbdkit memory 1.20 (not met)',
-      '- 1 MiB sequential read, QD8, MB/s: ublk/nbd ≥ 0.9x kernel nbd: nbdkit memory 0.95 (met)',
+      '- copy: 4 KiB random read, QD1, p50 latency: ublk/nbd ≤ 1.6x kernel nbd: nbdkit memory 1.20 (met)',
+      '- copy: 1 MiB sequential read, QD8, MB/s: ublk/nbd ≥ 0.9x kernel nbd: nbdkit memory 0.95 (met)',
     ]);
     const md = renderMarkdown(res, 'chart.svg');
     assert.match(md, /^- netdisk-ublk's connection on the \*\*ring transport\*\* \(`add --transport ring`\)\.$/m);
@@ -53,7 +53,7 @@ describe('bench: report and chart', () => {
     assert.match(md, /warm-up of 30 s over all cases on both devices\); the devices take turns case by case \(the order flips every case and every run\)/);
   });
 
-  it('several of ours: a column and a ratio to kernel nbd each, named by transport and data path, in the chart too', () => {
+  it('several of ours: a column and a ratio to kernel nbd each, named by transport and data path, each judged by its data path\'s target, in the chart too', () => {
     const res = results({
       'ublk-ring': device('ublk', 'netdisk-ublk ring, zero copy', { dataPath: 'zero copy', transport: 'ring' }),
       'ublk-stream': device('ublk', 'netdisk-ublk stream, copy', { dataPath: 'copy', transport: 'stream' }),
@@ -71,12 +71,14 @@ describe('bench: report and chart', () => {
     const table = renderTables(res);
     assert.match(table, /^\| case \| metric \| netdisk-ublk ring, zero copy \| netdisk-ublk stream, copy \| kernel nbd \| ring, zero copy \/ nbd \| stream, copy \/ nbd \| target \|$/m);
     assert.match(table, /^\|---\|---\|---:\|---:\|---:\|---:\|---:\|---\|$/m);
-    // Medians 110 and 210 against 100.
-    assert.match(table, /^\| 4 KiB random read, QD1 \| p50 latency \| \*\*110\*\* µs \(100–120\) \| \*\*210\*\* µs \(200–220\) \| \*\*100\*\* µs \(100–100\) \| 1\.10 \| 2\.10 \| ≤ 1\.1 met, \*\*not met\*\* \|$/m);
+    // Medians 110 and 210 against 100: zero copy's bound is 1.3, copy's 1.6.
+    assert.match(table, /^\| 4 KiB random read, QD1 \| p50 latency \| \*\*110\*\* µs \(100–120\) \| \*\*210\*\* µs \(200–220\) \| \*\*100\*\* µs \(100–100\) \| 1\.10 \| 2\.10 \| ≤ 1\.3 met, ≤ 1\.6 \*\*not met\*\* \|$/m);
     assert.match(table, /^\| 4 KiB random read, QD1 \| IOPS \| \*\*8,500\*\* \(8,000–9,000\) \| \*\*4,500\*\* \(4,000–5,000\) \| \*\*10,000\*\* \(10,000–10,000\) \| 0\.85 \| 0\.45 \| {2}\|$/m);
     assert.deepStrictEqual(targetLines(res), [
-      '- 4 KiB random read, QD1, p50 latency: ublk/nbd ≤ 1.1x kernel nbd: nbdkit memory: ring, zero copy 1.10 (met), stream, copy 2.10 (not met)',
-      '- 1 MiB sequential read, QD8, MB/s: ublk/nbd ≥ 0.9x kernel nbd: nbdkit memory: ring, zero copy 0.97 (met), stream, copy 0.64 (not met)',
+      '- zero copy: 4 KiB random read, QD1, p50 latency: ublk/nbd ≤ 1.3x kernel nbd: nbdkit memory: ring, zero copy 1.10 (met)',
+      '- zero copy: 1 MiB sequential read, QD8, MB/s: ublk/nbd ≥ 0.9x kernel nbd: nbdkit memory: ring, zero copy 0.97 (met)',
+      '- copy: 4 KiB random read, QD1, p50 latency: ublk/nbd ≤ 1.6x kernel nbd: nbdkit memory: stream, copy 2.10 (not met)',
+      '- copy: 1 MiB sequential read, QD8, MB/s: ublk/nbd ≥ 0.9x kernel nbd: nbdkit memory: stream, copy 0.64 (not met)',
     ]);
     const md = renderMarkdown(res, 'chart.svg');
     assert.match(md, /warm-up of 30 s over all cases on every device\); the devices take turns case by case \(each case starts with the next device\)/);
