@@ -19,26 +19,12 @@ if [ ! -e /dev/ublk-control ] && [ "${NETDISK_IN_VM:-}" != 1 ]; then
   echo "qd1-vm: this kernel has no ublk; profiling inside the test VM" >&2
   exec test/vm/run.sh --timeout 1800 -- bench/profile/qd1-vm.sh "$secs"
 fi
-B="node bin/netdisk-ublk.js"
-port=10899
-nbdkit -f --exit-with-parent -p $port -i 127.0.0.1 memory 256M &
-kit=$!
-cleanup() {
-  set +e
-  nbd-client -d /dev/nbd0 >/dev/null 2>&1
-  $B del --all >/dev/null 2>&1
-  kill $kit 2>/dev/null
-}
-trap cleanup EXIT
-sleep 1
+. bench/profile/store.sh
 echo
 dev=$($B add --remote 127.0.0.1:$port)
 nbd-client 127.0.0.1 $port /dev/nbd0 -N '' -b 512 >/dev/null 2>&1
 for d in $dev /dev/nbd0; do echo none > /sys/block/$(basename $d)/queue/scheduler; done
 hz=$(getconf CLK_TCK)
-# tid comm utime stime, for every thread; one awk, so the snapshot itself costs little.
-snap() { awk '{ c=$0; sub(/^[^(]*\(/, "", c); sub(/\).*/, "", c); gsub(/ /, "_", c);
-  r=$0; sub(/^.*\) /, "", r); split(r, f, " "); print FILENAME, c, f[12], f[13] }' /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | sort; }
 qd1() {
   fio --name=qd1 --filename=$1 --direct=1 --ioengine=libaio --rw=randread --bs=4k --iodepth=1 \
     --norandommap --randrepeat=0 --time_based --runtime=$2 --lat_percentiles=1 --output-format=json

@@ -30,22 +30,9 @@ if [ ! -e /dev/ublk-control ] && [ "${NETDISK_IN_VM:-}" != 1 ]; then
     --env CHECKOUTS="${CHECKOUTS:-}" -- bench/profile/syscalls-vm.sh "$secs" "$transports"
 fi
 checkouts=${CHECKOUTS:-$PWD}
-B="node bin/netdisk-ublk.js"
-port=10899
 echo "kernel $(uname -r), clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
-nbdkit -f --exit-with-parent -p $port -i 127.0.0.1 memory 256M &
-kit=$!
-cleanup() {
-  set +e
-  nbd-client -d /dev/nbd0 >/dev/null 2>&1
-  $B del --all >/dev/null 2>&1
-  kill $kit 2>/dev/null
-}
-trap cleanup EXIT
-sleep 1
+. bench/profile/store.sh
 hz=$(getconf CLK_TCK)
-snap() { awk '{ c=$0; sub(/^[^(]*\(/, "", c); sub(/\).*/, "", c); gsub(/ /, "_", c);
-  r=$0; sub(/^.*\) /, "", r); split(r, f, " "); print FILENAME, c, f[12], f[13] }' /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | sort; }
 # fio QD1 on $1, $2 (randread|randwrite) for $3 s; prints "requests p50us"
 qd1() {
   fio --name=qd1 --filename=$1 --direct=1 --ioengine=libaio --rw=$2 --bs=4k --iodepth=1 \
